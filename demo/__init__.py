@@ -1,0 +1,1 @@
+"""Jacobian Penalty Playground: the penalty library, training loop, robustness checks and app."""

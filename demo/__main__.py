@@ -1,0 +1,158 @@
+"""Command line: `python -m demo train ...`, `python -m demo list`, `python -m demo bench ...`.
+
+`train` flags are RunConfig's fields (`--batch-size` or `--batch_size`); `--json PATH` writes
+the run record, `--weights PATH` the trained weights (safetensors). A progress bar on a terminal,
+plain lines otherwise. Bad values get one plain sentence on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import models
+from demo import data
+from demo.config import ConfigError, RunConfig
+from demo.jacobian import METHODS
+from demo.record import Recorder, to_json
+from demo.train import Progress, Robustness, Started, train
+
+EXIT_BAD_INPUT = 2
+EXIT_RUN_FAILED = 1
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = RunConfig()
+    for f in dataclasses.fields(RunConfig):
+        flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        default = getattr(defaults, f.name)
+        if f.type == "bool":
+            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=default)
+        else:
+            # Values stay strings here; RunConfig.from_mapping converts and explains bad ones.
+            parser.add_argument(*flags, dest=f.name, default=default, metavar=f.type.upper(),
+                                help=f"(default: {default})")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("train", help="train with a Jacobian penalty and report")
+    _add_config_flags(run)
+    run.add_argument("--json", type=Path, help="write the run record (config, history, final, robustness)")
+    run.add_argument("--weights", type=Path, help="write the trained weights as safetensors")
+    run.add_argument("--quiet", action="store_true", help="print only the final summary")
+    sub.add_parser("list", help="list datasets, architectures and penalty methods")
+    bench = sub.add_parser("bench", help="measure each method's cost (benchmarks/penalty_cost.py)")
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")
+    return parser
+
+
+def _list() -> None:
+    def table(title, rows):
+        print(title)
+        for name, text in rows:
+            print(f"  {name:<14} {text}")
+        print()
+
+    table("Datasets:", data.DATASETS.items())
+    table("Architectures:", models.ARCHITECTURES.items())
+    table("Penalty methods:", ((n, f"{m.estimates}; cost: {m.cost}") for n, m in METHODS.items()))
+
+
+class _Reporter:
+    """Terminal progress bar (tqdm) or plain lines for logs and pipes."""
+
+    def __init__(self, steps: int, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar = None
+        if not quiet and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=steps, unit="step", file=sys.stderr, dynamic_ncols=True)
+
+    def __call__(self, event) -> None:
+        if self.quiet:
+            return
+        if isinstance(event, Started):
+            print(f"training {event.config.arch} on {event.dataset['name']} ({event.device}), "
+                  f"{event.num_parameters:,} parameters", file=sys.stderr)
+        elif isinstance(event, Progress):
+            line = (f"ce {event.ce_loss:.4f}  lambda*pen {event.weighted_penalty:.4f}  "
+                    f"acc {event.train_accuracy:.3f}  |J|~{event.jacobian_norm_estimate:.3f}  "
+                    f"{event.samples_per_s:,.0f} samples/s")
+            if self.bar is not None:
+                self.bar.update(event.step - self.bar.n)
+                self.bar.set_postfix_str(line, refresh=False)
+            else:
+                print(f"step {event.step:>6}  {line}", file=sys.stderr)
+        elif isinstance(event, Robustness) and self.bar is None:
+            print("robustness measured", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _train(args: argparse.Namespace) -> int:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
+    try:
+        cfg = RunConfig.from_mapping(values)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    recorder = Recorder(cfg)
+    report = _Reporter(cfg.steps, args.quiet)
+    try:
+        for event in train(cfg):
+            recorder.add(event)
+            report(event)
+    except (ConfigError, data.DatasetUnavailable) as exc:
+        report.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT if isinstance(exc, ConfigError) else EXIT_RUN_FAILED
+    except KeyboardInterrupt:
+        print("\ninterrupted: writing what was trained so far", file=sys.stderr)
+    report.close()
+
+    record = recorder.record
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(to_json(record, indent=1))
+    if args.weights and recorder.state_dict:
+        from safetensors.torch import save_file
+
+        args.weights.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in recorder.state_dict.items()}, str(args.weights))
+    _summary(record)
+    return EXIT_RUN_FAILED if record["status"] in ("diverged", "out_of_memory") else 0
+
+
+def _summary(record: dict) -> None:
+    final = record["final"]
+    print(f"status: {record['status']}" + (f" ({record['message']})" if record["message"] else ""))
+    print(f"test accuracy {final.get('test_accuracy', float('nan')):.4f}   "
+          f"mean ||J||_F {final.get('jacobian_norm', float('nan')):.4f}   "
+          f"{final.get('steps', 0)} steps in {final.get('elapsed', 0):.1f} s")
+    for attack, key in (("noise", "sigma"), ("fgsm", "epsilon"), ("pgd", "epsilon")):
+        rows = record["robustness"].get(attack, [])
+        if rows:
+            print(f"{attack:>5}: " + "  ".join(f"{key}={r[key]:g}: {r['accuracy']:.3f}" for r in rows))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "list":
+        _list()
+        return 0
+    if args.command == "bench":
+        from demo import bench
+
+        return bench.main(args.rest)
+    return _train(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""RunConfig: the single source of a training run's parameters.
+
+The UI builds it from component values, the CLI from flags named after its fields, tests
+construct it directly. It validates itself on construction and says in plain words what is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import models
+from demo import data
+from demo.jacobian import METHODS
+
+TARGETS = ("logits", "features")
+OPTIMIZERS = ("adam", "sgd")
+DEVICES = ("auto", "cpu", "cuda")
+
+# Hard bounds: beyond them a run is a mistake or a denial of service, not an experiment.
+# A public Space narrows them further through environment variables (demo.limits).
+MAX_STEPS = 100_000
+MAX_BATCH = 4096
+MAX_PROJECTIONS = 64
+MAX_PENALTY = 1e6
+MAX_LR = 10.0
+MAX_SEED = 2**31 - 1
+MAX_WIDTH = 4096
+MAX_DEPTH = 16
+MAX_CLASSES = 2000
+MAX_NOISE = 2.0
+
+
+class ConfigError(ValueError):
+    """A run's parameters are wrong; the message is meant for the person who chose them."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one training run. Defaults: a ~2 s CPU run on embedded digits."""
+
+    dataset: str = "digits"
+    arch: str = "mlp"
+    penalty: float = 0.01  # lambda, the weight of the Jacobian penalty in the loss
+    method: str = "projection"
+    num_projections: int = 1
+    target: str = "logits"  # penalise d logits / dx, or d features / dx (penultimate layer)
+    steps: int = 1500
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"  # "auto" takes CUDA when present
+    time_budget: float = 0.0  # seconds of training; 0 means no limit
+    report_every: int = 25  # steps between progress events (each costs one host sync)
+    eval_every: int = 250  # steps between evaluations on the test set
+    noise: float = 0.1  # noise level of the 2-D point sets
+    num_classes: int = 100  # classes of the synthetic many-class set
+    width: int = 256  # mlp hidden width
+    depth: int = 2  # mlp hidden layers
+    robustness: bool = True  # measure accuracy under noise, FGSM and PGD at the end
+
+    def __post_init__(self) -> None:
+        problems = _problems(self)
+        if problems:
+            raise ConfigError(" ".join(problems))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
+        """Build from loosely typed values (UI components, JSON): whole floats become ints,
+        strings are stripped; unknown keys and unconvertible values are reported in plain words."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"Unknown setting(s): {', '.join(map(str, unknown))}.")
+        return cls(**{name: _coerce(name, known[name].type, v) for name, v in values.items()})
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(name: str, type_name: str, value: Any) -> Any:
+    if isinstance(value, str):
+        value = value.strip()
+    try:
+        if type_name == "int" and not isinstance(value, bool):
+            number = float(value)
+            if number.is_integer():
+                return int(number)
+            return value  # left for validation to explain
+        if type_name == "float" and not isinstance(value, bool):
+            return float(value)
+        if type_name == "bool" and isinstance(value, str):
+            if value.lower() in ("true", "1", "yes", "on"):
+                return True
+            if value.lower() in ("false", "0", "no", "off"):
+                return False
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}.") from None
+    return value
+
+
+def _choice(name: str, value: Any, choices) -> str | None:
+    if isinstance(value, str) and value in choices:
+        return None
+    shown = value if isinstance(value, str) and len(value) <= 40 else type(value).__name__
+    return f"Unknown {name} {shown!r}; choose one of: {', '.join(choices)}."
+
+
+def _integer(name: str, value: Any, low: int, high: int) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"{name} must be a whole number, got {value!r}."
+    if not low <= value <= high:
+        return f"{name} must be between {low} and {high}, got {value}."
+    return None
+
+
+def _number(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{name} must be a number, got {value!r}."
+    if not math.isfinite(value):
+        return f"{name} must be a finite number, got {value}."
+    if value < low or (low_open and value == low) or value > high:
+        bound = f"greater than {low:g}" if low_open else f"at least {low:g}"
+        return f"{name} must be {bound} and at most {high:g}, got {value:g}."
+    return None
+
+
+def _problems(cfg: RunConfig) -> list[str]:
+    checks = [
+        _choice("dataset", cfg.dataset, tuple(data.DATASETS)),
+        _choice("architecture", cfg.arch, tuple(models.ARCHITECTURES)),
+        _choice("method", cfg.method, tuple(METHODS)),
+        _choice("target", cfg.target, TARGETS),
+        _choice("optimizer", cfg.optimizer, OPTIMIZERS),
+        _choice("device", cfg.device, DEVICES),
+        _number("penalty (lambda)", cfg.penalty, 0.0, MAX_PENALTY),
+        _integer("num_projections", cfg.num_projections, 1, MAX_PROJECTIONS),
+        _integer("steps", cfg.steps, 1, MAX_STEPS),
+        _integer("batch_size", cfg.batch_size, 1, MAX_BATCH),
+        _number("learning rate", cfg.lr, 0.0, MAX_LR, low_open=True),
+        _integer("seed", cfg.seed, 0, MAX_SEED),
+        _number("time_budget", cfg.time_budget, 0.0, 7 * 24 * 3600.0),
+        _integer("report_every", cfg.report_every, 1, MAX_STEPS),
+        _integer("eval_every", cfg.eval_every, 1, MAX_STEPS),
+        _number("noise", cfg.noise, 0.0, MAX_NOISE),
+        _integer("num_classes", cfg.num_classes, 2, MAX_CLASSES),
+        _integer("width", cfg.width, 1, MAX_WIDTH),
+        _integer("depth", cfg.depth, 1, MAX_DEPTH),
+        None if isinstance(cfg.robustness, bool) else f"robustness must be true or false, got {cfg.robustness!r}.",
+    ]
+    problems = [p for p in checks if p]
+    if not problems:
+        shape = data.input_shape(cfg.dataset)
+        reason = models.incompatibility(cfg.arch, shape)
+        if reason:
+            problems.append(reason)
+    return problems

@@ -1,0 +1,106 @@
+"""A run record: the JSON-able summary of a run that the CLI writes and the UI draws.
+
+`Recorder` folds the events of `train()` into the record as they arrive, so a consumer that
+stops early (the UI's Stop, a closed generator) still holds everything received so far:
+status "stopped" until a `Finished` event says otherwise.
+
+Schema (also the CLI's `--json`):
+    config, device, status, message, dataset, num_parameters,
+    history: [{step, epoch, ce_loss, penalty, weighted_penalty, train_accuracy,
+               jacobian_norm_estimate, samples_per_s, elapsed}],
+    evaluations: [{step, test_accuracy, jacobian_norm, elapsed}],
+    final: {steps, test_accuracy, jacobian_norm, train_accuracy, elapsed, samples_per_s},
+    robustness: {noise: [{sigma, accuracy}], fgsm: [{epsilon, accuracy}], pgd: [...]}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from typing import Any
+
+from torch import Tensor
+
+from demo.train import Evaluation, Finished, Progress, Robustness, RunConfig, Started
+
+
+def new_record(cfg: RunConfig) -> dict[str, Any]:
+    return {
+        "config": cfg.to_dict(),
+        "device": "",
+        "status": "stopped",
+        "message": "",
+        "dataset": {},
+        "num_parameters": 0,
+        "history": [],
+        "evaluations": [],
+        "final": {},
+        "robustness": {},
+    }
+
+
+class Recorder:
+    """Folds events into `record` (a plain dict) and keeps the latest weights in `state_dict`."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.record = new_record(cfg)
+        self.state_dict: dict[str, Tensor] = {}
+
+    def add(self, event) -> None:
+        record = self.record
+        if isinstance(event, Started):
+            record["device"] = event.device
+            record["dataset"] = event.dataset
+            record["num_parameters"] = event.num_parameters
+        elif isinstance(event, Progress):
+            record["history"].append(asdict(event))
+            record["final"] = _partial_final(record)
+        elif isinstance(event, Evaluation):
+            record["evaluations"].append(
+                {"step": event.step, "test_accuracy": event.test_accuracy,
+                 "jacobian_norm": event.jacobian_norm, "elapsed": event.elapsed}
+            )
+            self.state_dict = event.state_dict
+            record["final"] = _partial_final(record)
+        elif isinstance(event, Robustness):
+            record["robustness"] = event.results
+        elif isinstance(event, Finished):
+            record["status"] = event.status
+            record["message"] = event.message
+            record["history"] = list(event.history)
+            record["evaluations"] = list(event.evaluations)
+            record["final"] = dict(event.final)
+            if event.state_dict:
+                self.state_dict = event.state_dict
+
+
+def _partial_final(record: dict[str, Any]) -> dict[str, float]:
+    """What a stopped run reports: the latest progress and the latest evaluation."""
+    last = record["history"][-1] if record["history"] else {}
+    last_eval = record["evaluations"][-1] if record["evaluations"] else {}
+    elapsed = last.get("elapsed", 0.0)
+    steps = last.get("step", 0)
+    return {
+        "steps": steps,
+        "test_accuracy": last_eval.get("test_accuracy", float("nan")),
+        "jacobian_norm": last_eval.get("jacobian_norm", float("nan")),
+        "train_accuracy": last.get("train_accuracy", float("nan")),
+        "elapsed": elapsed,
+        "samples_per_s": steps * record["config"]["batch_size"] / elapsed if elapsed > 0 else 0.0,
+    }
+
+
+def to_json(record: dict[str, Any], **kwargs) -> str:
+    """Strict JSON: NaN and infinities (a diverged or unevaluated run) become null."""
+    return json.dumps(_finite(record), allow_nan=False, **kwargs)
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
