@@ -158,7 +158,7 @@ def _problems(cfg: RunConfig) -> list[str]:
     problems = [p for p in checks if p]
     if not problems:
         shape = data.input_shape(cfg.dataset)
-        reason = models.incompatibility(cfg.arch, shape)
+        reason = models.incompatibility(cfg.arch, shape, dataset=cfg.dataset)
         if reason:
             problems.append(reason)
     return problems

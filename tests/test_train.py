@@ -165,8 +165,12 @@ def test_robustness_sanity_on_a_trained_model():
     noise, fgsm, pgd = rob.results["noise"], rob.results["fgsm"], rob.results["pgd"]
     # Digits' test set is smaller than the robustness subset, so sigma 0 is the test accuracy.
     assert noise[0]["sigma"] == 0 and noise[0]["accuracy"] == pytest.approx(recorder.record["final"]["test_accuracy"])
+    # PGD (10 steps, random start) is the stronger attack; its random start may cost it a sample
+    # or two against FGSM where both are near zero, hence a margin of two test points.
+    margin = 2 / recorder.record["dataset"]["test_size"]
     for f, p in zip(fgsm, pgd, strict=True):
-        assert f["epsilon"] == p["epsilon"] and p["accuracy"] <= f["accuracy"] + 1e-9
+        assert f["epsilon"] == p["epsilon"] and p["accuracy"] <= f["accuracy"] + margin
+    assert sum(p["accuracy"] for p in pgd) <= sum(f["accuracy"] for f in fgsm)
     assert fgsm[-1]["accuracy"] < fgsm[0]["accuracy"]
 
 
