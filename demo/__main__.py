@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 import models
-from demo import data
+from demo import data, distributed
 from demo.config import ConfigError, RunConfig
 from demo.jacobian import METHODS
 from demo.record import Recorder, to_json
-from demo.train import Progress, Robustness, Started, train
+from demo.train import Progress, Robustness, Started, resolve_device, train
 
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 1
@@ -103,21 +103,41 @@ def _train(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    # Under torchrun every rank runs this; rank 0 alone prints and writes (demo/distributed.py).
+    joined = False
+    try:
+        joined = distributed.init_from_env(resolve_device(cfg.device))
+        return _train_and_write(args, cfg, distributed.is_main())
+    except ConfigError as exc:  # e.g. --device cuda on a machine without CUDA
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        if joined:
+            distributed.shutdown()
+
+
+def _train_and_write(args: argparse.Namespace, cfg: RunConfig, main: bool) -> int:
     recorder = Recorder(cfg)
-    report = _Reporter(cfg.steps, args.quiet)
+    report = _Reporter(cfg.steps, args.quiet or not main)
     try:
         for event in train(cfg):
             recorder.add(event)
             report(event)
     except (ConfigError, data.DatasetUnavailable) as exc:
         report.close()
-        print(f"error: {exc}", file=sys.stderr)
+        if main:
+            print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT if isinstance(exc, ConfigError) else EXIT_RUN_FAILED
     except KeyboardInterrupt:
-        print("\ninterrupted: writing what was trained so far", file=sys.stderr)
+        if main:
+            print("\ninterrupted: writing what was trained so far", file=sys.stderr)
     report.close()
 
     record = recorder.record
+    if distributed.is_distributed():
+        record["distributed"] = distributed.describe(cfg.batch_size)
+    if not main:
+        return EXIT_RUN_FAILED if record["status"] in ("diverged", "out_of_memory") else 0
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(to_json(record, indent=1))

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 import models
 from demo import data as datasets
-from demo import robustness
+from demo import distributed, robustness
 from demo.config import ConfigError, RunConfig
 from demo.jacobian import jacobian_norms, jacobian_penalty
 
@@ -157,10 +157,15 @@ def dataset_info(data: datasets.Dataset) -> dict[str, Any]:
 
 def _run(cfg: RunConfig, model: nn.Module, data: datasets.Dataset, device: torch.device) -> Iterator[Event]:
     penalised = model if cfg.target == "logits" else model.features
+    # Under torchrun (see demo/distributed.py): the step's forward goes through DDP, every rank
+    # draws the same global batch of batch_size x world and trains on its shard, with its own
+    # probes; rank 0 alone evaluates the unwrapped model. One process: net is penalised, world 1.
+    net = distributed.wrap(model, cfg.target)
+    world = distributed.world_size()
     optimizer = _optimizer(cfg, model)
-    batches = _batches(data.x_train.shape[0], cfg.batch_size, cfg.seed, device)
+    batches = _batches(data.x_train.shape[0], cfg.batch_size * world, cfg.seed, device)
     # Probes get their own generator: the same seed gives the same run on the CPU.
-    probes = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    probes = torch.Generator(device=device).manual_seed(cfg.seed + 1 + distributed.rank())
 
     history: list[dict[str, float]] = []
     evaluations: list[dict[str, float]] = []
@@ -171,11 +176,12 @@ def _run(cfg: RunConfig, model: nn.Module, data: datasets.Dataset, device: torch
     samples_in_window = 0
     for step in range(1, cfg.steps + 1):
         idx, epoch = next(batches)
+        idx = distributed.shard(idx)
         x, y = data.x_train[idx], data.y_train[idx]
         model.train()
-        ce, penalty, correct = _step(cfg, model, penalised, optimizer, x, y, probes)
+        ce, penalty, correct = _step(cfg, model, net, optimizer, x, y, probes)
         elapsed = time.perf_counter() - start
-        out_of_time = cfg.time_budget > 0 and elapsed >= cfg.time_budget
+        out_of_time = cfg.time_budget > 0 and distributed.any_rank(elapsed >= cfg.time_budget, device)
         reporting = step % cfg.report_every == 0 or step == cfg.steps or out_of_time
         count = step - (history[-1]["step"] if history else 0)
         if penalty is None and reporting:
@@ -186,6 +192,7 @@ def _run(cfg: RunConfig, model: nn.Module, data: datasets.Dataset, device: torch
         samples_in_window += x.shape[0]
 
         if reporting:
+            sums, samples_in_window = distributed.reduce_report(sums, samples_in_window)
             ce_mean, pen_mean, correct_sum = (sums / torch.tensor([count, count, 1.0], device=device)).tolist()
             now = time.perf_counter()
             if not (math.isfinite(ce_mean) and math.isfinite(pen_mean)):
@@ -206,7 +213,7 @@ def _run(cfg: RunConfig, model: nn.Module, data: datasets.Dataset, device: torch
             history.append(record)
             yield Progress(**record)
             sums, samples_in_window, last_report = _zero_sums(device), 0, time.perf_counter()
-        if step % cfg.eval_every == 0 and step != cfg.steps and not out_of_time:
+        if step % cfg.eval_every == 0 and step != cfg.steps and not out_of_time and distributed.is_main():
             evaluation = _evaluate(model, data, step, time.perf_counter() - start)
             last_good_state = evaluation.state_dict
             evaluations.append(_eval_record(evaluation))
@@ -217,8 +224,12 @@ def _run(cfg: RunConfig, model: nn.Module, data: datasets.Dataset, device: torch
             break
 
     if status == "diverged":
-        final = _final(history, evaluations, history[-1]["step"] if history else 0, cfg.batch_size)
+        final = _final(history, evaluations, history[-1]["step"] if history else 0, cfg.batch_size * world)
         yield Finished(status, message, final, tuple(history), tuple(evaluations), last_good_state)
+        return
+    if not distributed.is_main():
+        # Ranks > 0 hold the same weights as rank 0 and leave evaluation and robustness to it.
+        yield Finished(status, message, _final(history, [], step, cfg.batch_size * world), tuple(history), (), {})
         return
 
     evaluation = _evaluate(model, data, step, time.perf_counter() - start)
@@ -226,7 +237,7 @@ def _run(cfg: RunConfig, model: nn.Module, data: datasets.Dataset, device: torch
     yield evaluation
     if cfg.robustness:
         yield Robustness(_robustness(model, data, cfg.seed))
-    final = _final(history, evaluations, step, cfg.batch_size)
+    final = _final(history, evaluations, step, cfg.batch_size * world)
     yield Finished(status, message, final, tuple(history), tuple(evaluations), evaluation.state_dict)
 
 
