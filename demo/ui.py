@@ -1,0 +1,110 @@
+"""The Gradio app: `build_demo()` composes the views of demo/views into one Blocks; `launch()`.
+
+Layout: the run's controls on the left; on the right Train / Stop, the status line and one tab
+per view (Training, Jacobian, Robustness, Runs, "Why did .backward() not learn?", Cost).
+
+State: a visitor's runs live in one gr.State per session (demo.views.session), dropped
+`Limits.session_ttl` seconds after its last update; nothing is kept at module level. Events that
+train or measure share the concurrency_id "accelerator" (JP_CONCURRENCY at a time); the queue
+holds JP_QUEUE_SIZE events (demo.limits).
+
+Endpoints (api_name): train, runs, compare, download, jacobian, robustness, perturbed, thread,
+cost. Stop is a cancel (a headless client calls job.cancel()).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import gradio as gr
+import torch
+
+from demo import limits as limits_module
+from demo.config import RunConfig
+from demo.views import controls as controls_view
+from demo.views import cost as cost_view
+from demo.views import jacobian as jacobian_view
+from demo.views import robustness as robustness_view
+from demo.views import runs as runs_view
+from demo.views import session as sessions
+from demo.views import thread as thread_view
+from demo.views import training as training_view
+
+__all__ = ["build_demo", "launch"]
+
+TITLE = "Jacobian Penalty Playground"
+INTRO = (
+    "# Jacobian Penalty Playground\n"
+    "Train a classifier with cross-entropy + λ·‖J(x)‖²<sub>F</sub>, the squared Frobenius norm of its "
+    "input-output Jacobian, and see what the penalty does: smaller and smoother Jacobians, accuracy "
+    "under noise and attacks, and what each estimator costs. Defaults: a few-second run on 8×8 digits."
+)
+CSS = """
+.jp-status { font-size: 0.95em; padding: 4px 2px; }
+.jp-status progress { width: 12em; vertical-align: middle; margin-right: 0.5em; }
+.jp-hint { font-size: 0.85em; opacity: 0.8; }
+"""
+
+
+def refresh_views(views: tuple, session: dict | None) -> dict:
+    """New run choices and tables for every view, after the session's runs changed."""
+    jacobian, robustness, runs = views
+    return {
+        **jacobian_view.choices_update(jacobian, session),
+        **robustness_view.choices_update(robustness, session),
+        **runs_view.choices_update(runs, session),
+    }
+
+
+def after_stop(views: tuple, status: gr.HTML, session: dict | None) -> dict:
+    """Once Stop took effect: the status line says what the kept partial run holds."""
+    return {status: training_view.after_stop(session), **refresh_views(views, session)}
+
+
+def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
+    """The app as a gr.Blocks, queue configured; limits from the environment unless given."""
+    space = space or limits_module.Limits.from_env()
+    defaults = RunConfig()
+    with gr.Blocks(title=TITLE) as demo:
+        session = gr.State(sessions.new_session(), time_to_live=space.session_ttl,
+                           delete_callback=sessions.delete_files)
+        gr.Markdown(INTRO)
+        with gr.Row():
+            with gr.Column(scale=1, min_width=320):
+                controls = controls_view.layout(defaults)
+            with gr.Column(scale=3):
+                buttons = training_view.layout_buttons()
+                with gr.Tabs():
+                    with gr.Tab("Training"):
+                        training = training_view.layout_tab(defaults, buttons)
+                    jacobian = jacobian_view.layout()
+                    robustness = robustness_view.layout()
+                    runs = runs_view.layout()
+                    thread = thread_view.layout()
+                    cost = cost_view.layout()
+
+        # Wiring
+        controls_view.wire(controls)
+        train_event, stop_event = training_view.wire(training, controls, session, space)
+        jacobian_view.wire(jacobian, session)
+        robustness_view.wire(robustness, session)
+        runs_view.wire(runs, session)
+        thread_view.wire(thread, controls, space)
+        cost_view.wire(cost, controls, space)
+
+        views = (jacobian, robustness, runs)
+        refreshed = list(refresh_views(views, None))  # the components whose choices follow the runs
+        train_event.then(partial(refresh_views, views), session, refreshed, api_visibility="private",
+                         show_progress="hidden")
+        stop_event.then(partial(after_stop, views, training.status), session, [training.status, *refreshed],
+                        api_visibility="private", show_progress="hidden")
+    demo.queue(max_size=space.queue_size, default_concurrency_limit=space.concurrency)
+    return demo
+
+
+def launch(demo: gr.Blocks, **options) -> None:
+    """Serve on 127.0.0.1:7860 unless GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (or options) say
+    otherwise; never a public share link. Theme and CSS are launch() arguments in Gradio 6.
+    Sets torch's intra-op threads for this server process (JP_TORCH_THREADS, see demo.limits)."""
+    torch.set_num_threads(limits_module.Limits.from_env().torch_threads)
+    demo.launch(share=False, theme=gr.themes.Soft(), css=CSS, **options)

@@ -1,0 +1,126 @@
+"""The cost view: time of one training step with each estimator against the number of outputs C,
+measured on request on the current device by demo.bench.time_steps (the controls' architecture
+and the dataset's input shape; inputs and labels are random, as cost does not depend on them)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import gradio as gr
+import pandas as pd
+import torch
+
+import models
+from demo import bench, data, limits, plots
+from demo.config import ConfigError
+from demo.jacobian import METHODS
+from demo.train import resolve_device
+from demo.views import controls as controls_view
+from demo.views.training import ACCELERATOR
+
+__all__ = ["CostView", "measure_cost"]
+
+CLASS_CHOICES = (10, 30, 100, 300, 1000)
+DEFAULT_CLASSES = (10, 100, 1000)
+REPEATS = 3  # interleaved rounds per point; the ratio is their median
+MAX_BATCH = 256
+CHUNK_ABOVE = 100  # exact takes its rows in chunks of this size when C is larger (bounds memory)
+TABLE_COLUMNS = ("method", "C", "ms per step", "× plain step")
+
+
+@dataclass(frozen=True)
+class CostView:
+    classes: gr.CheckboxGroup
+    methods: gr.CheckboxGroup
+    batch_size: gr.Number
+    measure: gr.Button
+    figure: gr.Plot
+    table: gr.Dataframe
+
+
+def cost_stream(arch: str, shape: tuple[int, ...], device: torch.device, classes: Sequence[int],
+                methods: Sequence[str], batch_size: int) -> Iterator[list[dict]]:
+    """The torch-touching part: demo.bench.time_steps at each C in turn; yields the rows so far."""
+    rows: list[dict] = []
+    for num_classes in sorted(classes):
+        rows += bench.time_steps(
+            arch, num_classes, list(methods), batch_size=batch_size, input_shape=shape, device=device,
+            repeats=REPEATS, measure_memory=False, chunk_size=CHUNK_ABOVE if num_classes > CHUNK_ABOVE else None,
+        )
+        yield rows
+
+
+def measure_cost(arch: str, dataset: str, device: str, classes: Sequence[int], methods: Sequence[str],
+                 batch_size: int):
+    """/cost: ms per training step and ratio to a plain step for each method at each C; streams
+    (figure, table) after each C."""
+    shape, torch_device = _check(arch, dataset, device, classes, methods, batch_size)
+    for rows in cost_stream(arch, shape, torch_device, [int(c) for c in classes], methods, int(batch_size)):
+        yield plots.cost_figure(rows), _table(rows)
+
+
+def _check(arch, dataset, device, classes, methods, batch_size):
+    try:
+        if not classes or not methods:
+            raise ConfigError("Choose at least one number of outputs C and one method.")
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown or any(int(c) not in CLASS_CHOICES for c in classes):
+            raise ConfigError(f"Methods must be among {', '.join(METHODS)} and C among {CLASS_CHOICES}.")
+        whole = isinstance(batch_size, (int, float)) and batch_size == int(batch_size)
+        if not (whole and 1 <= batch_size <= MAX_BATCH):
+            raise ConfigError(f"The batch size must be a whole number from 1 to {MAX_BATCH}, got {batch_size!r}.")
+        shape = data.input_shape(dataset)
+        reason = models.incompatibility(arch, shape, dataset=dataset)
+        if reason:
+            raise ConfigError(reason)
+        return shape, resolve_device(device)
+    except (ConfigError, ValueError) as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
+
+
+def _table(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [[r["method"], r["num_classes"], round(r["ms_per_step"], 3), round(r["ratio"], 2)] for r in rows],
+        columns=list(TABLE_COLUMNS),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout
+
+
+def layout() -> CostView:
+    with gr.Tab("Cost"):
+        gr.Markdown(
+            "What one training step costs with each estimator as the number of outputs C grows (the "
+            "thread's case: C ≈ 1000). *exact* takes all C rows; *projection*, *jvp* and *fd* do not "
+            "grow with C. Measured here, now, on the device chosen on the left, for the architecture "
+            "and input shape chosen there; a plain cross-entropy step is the baseline. Timing shares "
+            "the machine with other visitors: the ratio is the steadier number."
+        )
+        with gr.Row():
+            classes = gr.CheckboxGroup(list(CLASS_CHOICES), value=list(DEFAULT_CLASSES), label="Outputs C")
+            methods = gr.CheckboxGroup(list(METHODS), value=list(METHODS), label="Methods")
+            batch_size = gr.Number(64, label="Batch size", precision=0)
+            measure = gr.Button("Measure", variant="primary", scale=0)
+        figure = gr.Plot(label="Cost of a training step against C")
+        table = gr.Dataframe(pd.DataFrame(columns=list(TABLE_COLUMNS)), label="Measurements", interactive=False)
+    return CostView(classes, methods, batch_size, measure, figure, table)
+
+
+# ---------------------------------------------------------------------------------------------
+# Wiring
+
+
+def wire(view: CostView, controls: controls_view.Controls, space: limits.Limits) -> None:
+    view.measure.click(
+        measure_cost,
+        [controls.arch, controls.dataset, controls.device, view.classes, view.methods, view.batch_size],
+        [view.figure, view.table],
+        api_name="cost",
+        api_description="ms per training step and ratio to a plain step, per estimator and number of outputs C.",
+        concurrency_id=ACCELERATOR,
+        concurrency_limit=space.concurrency,
+        show_progress="minimal",
+    )

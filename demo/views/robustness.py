@@ -1,0 +1,119 @@
+"""The robustness view: accuracy against sigma (Gaussian noise) and epsilon (FGSM, PGD) for the
+session's runs overlaid, and a few perturbed inputs with a run's predictions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from demo import inspect, plots
+from demo.robustness import ATTACKS
+from demo.views import session as sessions
+
+__all__ = ["RobustnessView", "choices_update", "show_examples", "show_robustness"]
+
+MAX_OVERLAID = 6  # runs drawn when none are chosen: the newest with robustness results
+MAX_EXAMPLES = 8
+DEFAULT_STRENGTH = 0.1
+
+
+@dataclass(frozen=True)
+class RobustnessView:
+    tab: gr.Tab
+    runs: gr.Dropdown
+    figure: gr.Plot
+    run: gr.Dropdown
+    attack: gr.Radio
+    strength: gr.Number
+    show: gr.Button
+    examples: gr.Plot
+
+
+def show_robustness(session: dict | None, runs: list[str] | None):
+    """/robustness: accuracy against attack strength for runs (ids; empty: the newest few)."""
+    chosen = _chosen(session, runs)
+    measured = [run for run in chosen if run["record"].get("robustness")]
+    if chosen and not measured:
+        gr.Info("None of these runs measured robustness (it is measured when a run finishes).")
+    return plots.robustness_figure([(sessions.short_label(run), run["record"]) for run in measured])
+
+
+def show_examples(session: dict | None, run: str, attack: str, strength: float):
+    """/perturbed: the first test inputs perturbed by `attack` at `strength`, and run's predictions."""
+    if attack not in ATTACKS:
+        raise gr.Error(f"Unknown perturbation {attack!r}; choose one of {', '.join(ATTACKS)}.", print_exception=False)
+    if not (isinstance(strength, (int, float)) and 0 <= strength <= 10):
+        raise gr.Error(f"The strength must be a number from 0 to 10, got {strength!r}.", print_exception=False)
+    try:
+        chosen = sessions.find_run(session, run, need_weights=True)
+    except sessions.RunNotFound as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
+    if not chosen["weights"]:
+        raise gr.Error(f"Run #{chosen['id']} has no weights yet.", print_exception=False)
+    record = chosen["record"]
+    model = inspect.load_model(record, chosen["weights"])
+    examples = inspect.perturbed(model, inspect.load_data(record), attack=attack, strength=strength,
+                                 count=MAX_EXAMPLES, seed=record["config"]["seed"])
+    return plots.examples_figure(examples)
+
+
+def choices_update(view: RobustnessView, session: dict | None) -> dict:
+    runs = sessions.choices(session)
+    return {view.runs: gr.update(choices=runs), view.run: gr.update(choices=[("newest run", ""), *runs])}
+
+
+def _chosen(session: dict | None, runs: list[str] | None) -> list[dict]:
+    if runs:
+        try:
+            return [sessions.find_run(session, run_id) for run_id in runs]
+        except sessions.RunNotFound as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+    newest = [run for run in (session or {}).get("runs", []) if run["record"].get("robustness")]
+    return newest[-MAX_OVERLAID:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout
+
+
+def layout() -> RobustnessView:
+    with gr.Tab("Robustness") as tab:
+        gr.Markdown(
+            "Test accuracy under Gaussian noise (σ) and under the L∞ attacks FGSM and PGD (ε), in input "
+            "units (pixels in [0, 1]). Try λ = 0 against λ = 0.01. FGSM alone overstates robustness: "
+            "PGD is the honest check."
+        )
+        runs = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
+                           label="Runs to overlay (none chosen: the newest)")
+        figure = gr.Plot(label="Accuracy against perturbation strength")
+        with gr.Row():
+            run = gr.Dropdown([("newest run", "")], value="", label="Run", allow_custom_value=True)
+            attack = gr.Radio(list(ATTACKS), value="pgd", label="Perturbation")
+            strength = gr.Number(DEFAULT_STRENGTH, label="Strength (σ or ε)", minimum=0)
+            show = gr.Button("Show perturbed inputs", scale=0)
+        examples = gr.Plot(label="Perturbed test inputs and the run's predictions")
+    return RobustnessView(tab, runs, figure, run, attack, strength, show, examples)
+
+
+# ---------------------------------------------------------------------------------------------
+# Wiring
+
+
+def wire(view: RobustnessView, session: gr.State) -> None:
+    gr.on(
+        [view.tab.select, view.runs.change],
+        show_robustness,
+        [session, view.runs],
+        view.figure,
+        api_name="robustness",
+        api_description="Accuracy against sigma and epsilon, the chosen runs overlaid (empty: the newest).",
+        trigger_mode="always_last",
+    )
+    view.show.click(
+        show_examples,
+        [session, view.run, view.attack, view.strength],
+        view.examples,
+        api_name="perturbed",
+        api_description="A few test inputs perturbed (noise, fgsm or pgd) and a run's predictions for them.",
+    )

@@ -1,0 +1,103 @@
+"""The runs view: every finished or stopped run of the session in a table, chosen runs' curves
+overlaid, and a run's record (JSON, the CLI's schema) and weights (safetensors) to download."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from demo import plots
+from demo.views import session as sessions
+
+__all__ = ["RunsView", "choices_update", "compare_runs", "download", "runs_table"]
+
+
+@dataclass(frozen=True)
+class RunsView:
+    tab: gr.Tab
+    table: gr.Dataframe
+    refresh: gr.Button
+    compare: gr.Dropdown
+    curves: gr.Plot
+    run: gr.Dropdown
+    download: gr.Button
+    json_file: gr.File
+    weights_file: gr.File
+
+
+def runs_table(session: dict | None):
+    """/runs: the session's runs, one row each (id, status, config summary, results)."""
+    return sessions.table(session)
+
+
+def compare_runs(session: dict | None, runs: list[str] | None):
+    """/compare: training curves of the chosen runs (ids; none chosen: every run) overlaid."""
+    try:
+        chosen = [sessions.find_run(session, r) for r in runs] if runs else (session or {}).get("runs", [])
+    except sessions.RunNotFound as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
+    return plots.steps_figure([(sessions.short_label(run), run["record"]) for run in chosen], plots.COMPARE_PANELS)
+
+
+def download(session: dict | None, run: str):
+    """/download: (record JSON, weights safetensors) of run `run` ("" = newest), written to the
+    session's own temporary folder."""
+    try:
+        chosen = sessions.find_run(session, run)
+    except sessions.RunNotFound as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
+    return sessions.write_files(session, chosen)
+
+
+def choices_update(view: RunsView, session: dict | None) -> dict:
+    runs = sessions.choices(session)
+    return {
+        view.table: sessions.table(session),
+        view.compare: gr.update(choices=runs),
+        view.run: gr.update(choices=[("newest run", ""), *runs]),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout
+
+
+def layout() -> RunsView:
+    with gr.Tab("Runs") as tab:
+        table = gr.Dataframe(sessions.table(None), label="This session's runs", interactive=False, wrap=True)
+        refresh = gr.Button("Refresh", size="sm", scale=0)
+        compare = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
+                              label="Runs to compare (none chosen: all)")
+        curves = gr.Plot(label="Training curves of the chosen runs")
+        with gr.Row(equal_height=True):
+            run = gr.Dropdown([("newest run", "")], value="", label="Run to download", allow_custom_value=True)
+            download_button = gr.Button("Prepare downloads", scale=0, min_width=180)
+        with gr.Row():
+            json_file = gr.File(label="Run record (JSON)", interactive=False)
+            weights_file = gr.File(label="Weights (safetensors)", interactive=False)
+    return RunsView(tab, table, refresh, compare, curves, run, download_button, json_file, weights_file)
+
+
+# ---------------------------------------------------------------------------------------------
+# Wiring
+
+
+def wire(view: RunsView, session: gr.State) -> None:
+    gr.on(
+        [view.refresh.click, view.tab.select],
+        runs_table,
+        session,
+        view.table,
+        api_name="runs",
+        api_description="The session's runs: config summary, status, test accuracy, ||J||_F, time.",
+    )
+    gr.on(
+        [view.tab.select, view.compare.change],
+        compare_runs,
+        [session, view.compare],
+        view.curves,
+        api_name="compare",
+        trigger_mode="always_last",
+    )
+    view.download.click(download, [session, view.run], [view.json_file, view.weights_file], api_name="download")
