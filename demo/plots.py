@@ -132,11 +132,14 @@ def steps_figure(runs: Sequence[Run], panels: Sequence[Panel], *, title: str | N
     series names its curves after the runs alone)."""
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p.title for p in panels])
     single = len(runs) == 1
+    # With one run every series gets its own colour across all panels, so the shared legend
+    # tells "cross-entropy" from "train" from "estimate".
+    first_series = [sum(len(p.series) for p in panels[:i]) for i in range(len(panels))]
     for col, panel in enumerate(panels, start=1):
         for s_index, series in enumerate(panel.series):
             for r_index, (label, record) in enumerate(runs):
                 points = [e for e in record.get(series.source, []) if _finite(e.get(series.key))]
-                color = COLORS[(s_index if single else r_index) % len(COLORS)]
+                color = COLORS[(first_series[col - 1] + s_index if single else r_index) % len(COLORS)]
                 name = series.label if single else label if len(panel.series) == 1 else f"{label} · {series.label}"
                 fig.add_trace(
                     go.Scatter(

@@ -58,6 +58,9 @@ def test_training_curves_of_one_run_follow_the_record():
         "loss", "accuracy", "||J||_F"]
     assert [layout.yaxis.type, layout.yaxis2.type, layout.yaxis3.type] == ["log", "linear", "log"]
     assert [a.text for a in layout.annotations] == [p.title for p in plots.TRAINING_PANELS]
+    # One legend serves all panels: each series needs its own colour to be told apart there.
+    colours = [trace.line.color for trace in fig.data]
+    assert len(set(colours)) == len(colours)
 
 
 def test_several_runs_get_a_colour_each_and_a_dash_per_series():
