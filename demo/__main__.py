@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -103,6 +104,10 @@ def _train(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    problem = next(filter(None, map(_unwritable, (args.json, args.weights))), None)
+    if problem:  # found before training, so a mistyped path costs no run
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     # Under torchrun every rank runs this; rank 0 alone prints and writes (demo/distributed.py).
     joined = False
     try:
@@ -114,6 +119,21 @@ def _train(args: argparse.Namespace) -> int:
     finally:
         if joined:
             distributed.shutdown()
+
+
+def _unwritable(path: Path | None) -> str | None:
+    """Why the output file `path` cannot be written, in plain words, or None if it can."""
+    if path is None:
+        return None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot write {path}: {exc.strerror or exc}."
+    if path.is_dir():
+        return f"cannot write {path}: it is a folder; give a file name."
+    if not os.access(path.parent, os.W_OK):
+        return f"cannot write {path}: its folder is not writable."
+    return None
 
 
 def _train_and_write(args: argparse.Namespace, cfg: RunConfig, main: bool) -> int:

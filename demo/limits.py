@@ -8,7 +8,10 @@ by whoever deploys it:
     JP_QUEUE_SIZE    most events waiting in the queue (more get "queue full")
     JP_CONCURRENCY   events that train or measure at the same time (they share the accelerator)
     JP_MAX_RUNS      runs kept per browser session (the oldest is dropped beyond it)
-    JP_SESSION_TTL   seconds a session's runs are kept after its last update
+    JP_SESSION_TTL   seconds a session's runs are kept after its last update (gradio keeps those of
+                     a session whose page was closed for a fixed hour instead)
+    JP_MAX_SESSIONS  sessions gradio keeps a record of (~0.2 MB each, never freed otherwise);
+                     beyond it the least recently used one is dropped, runs and all
     JP_TORCH_THREADS torch's intra-op threads in the server (the models are small: on a shared
                      2-core machine two OpenMP threads spin against the web server and each
                      other and made the default run 5x slower here than one thread)
@@ -39,6 +42,7 @@ class Limits:
     concurrency: int = 1
     max_runs: int = 20
     session_ttl: float = 2 * 3600.0
+    max_sessions: int = 1000
     torch_threads: int = 1
 
     @classmethod

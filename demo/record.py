@@ -22,7 +22,7 @@ from typing import Any
 
 from torch import Tensor
 
-from demo.train import Evaluation, Finished, Progress, Robustness, RunConfig, Started
+from demo.train import Evaluation, Finished, Progress, Robustness, RunConfig, Started, final_metrics
 
 
 def new_record(cfg: RunConfig) -> dict[str, Any]:
@@ -68,27 +68,21 @@ class Recorder:
         elif isinstance(event, Finished):
             record["status"] = event.status
             record["message"] = event.message
-            record["history"] = list(event.history)
-            record["evaluations"] = list(event.evaluations)
-            record["final"] = dict(event.final)
+            # A run cut short by a fault (out of memory) ends with an empty Finished: keep what
+            # was received rather than lose it.
+            if event.history or not record["history"]:
+                record["history"] = list(event.history)
+                record["evaluations"] = list(event.evaluations)
+            record["final"] = dict(event.final) if event.final else _partial_final(record)
             if event.state_dict:
                 self.state_dict = event.state_dict
 
 
 def _partial_final(record: dict[str, Any]) -> dict[str, float]:
-    """What a stopped run reports: the latest progress and the latest evaluation."""
-    last = record["history"][-1] if record["history"] else {}
-    last_eval = record["evaluations"][-1] if record["evaluations"] else {}
-    elapsed = last.get("elapsed", 0.0)
-    steps = last.get("step", 0)
-    return {
-        "steps": steps,
-        "test_accuracy": last_eval.get("test_accuracy", float("nan")),
-        "jacobian_norm": last_eval.get("jacobian_norm", float("nan")),
-        "train_accuracy": last.get("train_accuracy", float("nan")),
-        "elapsed": elapsed,
-        "samples_per_s": steps * record["config"]["batch_size"] / elapsed if elapsed > 0 else 0.0,
-    }
+    """What a stopped run reports, computed as the engine computes a finished run's."""
+    history = record["history"]
+    step = history[-1]["step"] if history else 0
+    return final_metrics(history, record["evaluations"], step, record["config"]["batch_size"])
 
 
 def to_json(record: dict[str, Any], **kwargs) -> str:

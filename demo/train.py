@@ -11,6 +11,7 @@ what it has received.
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ __all__ = [
     "train",
     "resolve_device",
     "build_model",
+    "final_metrics",
 ]
 
 EVAL_JACOBIAN_SAMPLES = 256  # fixed test subset for the exact mean ||J||_F (for C <= 10)
@@ -128,11 +130,16 @@ def train(cfg: RunConfig) -> Iterator[Event]:
     )
     try:
         yield from _run(cfg, model, data, device)
+        return
     except torch.cuda.OutOfMemoryError:
-        # Free what this run held so the next run starts clean, then say what to change.
-        del model
-        torch.cuda.empty_cache()
-        yield Finished(
+        pass
+    # Free what this run held so the next run starts clean, then say what to change. Outside the
+    # except block: there the traceback still holds _run's frame (model, optimizer, activations),
+    # so empty_cache could hand nothing back.
+    del model, data
+    gc.collect()
+    torch.cuda.empty_cache()
+    yield Finished(
             status="out_of_memory",
             message="The GPU ran out of memory. Try a smaller batch size, fewer projections, "
             "or the 'projection' method instead of 'exact'.",
@@ -215,21 +222,25 @@ def _run(cfg: RunConfig, model: nn.Module, data: datasets.Dataset, device: torch
             sums, samples_in_window, last_report = _zero_sums(device), 0, time.perf_counter()
         if step % cfg.eval_every == 0 and step != cfg.steps and not out_of_time and distributed.is_main():
             evaluation = _evaluate(model, data, step, time.perf_counter() - start)
-            last_good_state = evaluation.state_dict
-            evaluations.append(_eval_record(evaluation))
-            yield evaluation
+            # This step's update can break the weights although its loss, computed before the
+            # update, was finite: such an evaluation is not kept, and the next report stops the run.
+            if _finite(evaluation):
+                last_good_state = evaluation.state_dict
+                evaluations.append(_eval_record(evaluation))
+                yield evaluation
         if out_of_time:
             status = "time_budget"
             message = f"Stopped at step {step} of {cfg.steps}: the time budget of {cfg.time_budget:g} s was reached."
             break
 
     if status == "diverged":
-        final = _final(history, evaluations, history[-1]["step"] if history else 0, cfg.batch_size * world)
+        final = final_metrics(history, evaluations, history[-1]["step"] if history else 0, cfg.batch_size * world)
         yield Finished(status, message, final, tuple(history), tuple(evaluations), last_good_state)
         return
     if not distributed.is_main():
         # Ranks > 0 hold the same weights as rank 0 and leave evaluation and robustness to it.
-        yield Finished(status, message, _final(history, [], step, cfg.batch_size * world), tuple(history), (), {})
+        final = final_metrics(history, [], step, cfg.batch_size * world)
+        yield Finished(status, message, final, tuple(history), (), {})
         return
 
     evaluation = _evaluate(model, data, step, time.perf_counter() - start)
@@ -237,7 +248,7 @@ def _run(cfg: RunConfig, model: nn.Module, data: datasets.Dataset, device: torch
     yield evaluation
     if cfg.robustness:
         yield Robustness(_robustness(model, data, cfg.seed))
-    final = _final(history, evaluations, step, cfg.batch_size * world)
+    final = final_metrics(history, evaluations, step, cfg.batch_size * world)
     yield Finished(status, message, final, tuple(history), tuple(evaluations), evaluation.state_dict)
 
 
@@ -323,6 +334,12 @@ def _evaluate(model: nn.Module, data: datasets.Dataset, step: int, elapsed: floa
     return evaluation
 
 
+def _finite(evaluation: Evaluation) -> bool:
+    return math.isfinite(evaluation.jacobian_norm) and all(
+        bool(torch.isfinite(v).all()) for v in evaluation.state_dict.values() if v.is_floating_point()
+    )
+
+
 def _eval_record(evaluation: Evaluation) -> dict[str, float]:
     record = asdict(evaluation)
     record.pop("state_dict")
@@ -343,7 +360,8 @@ def _robustness(model: nn.Module, data: datasets.Dataset, seed: int) -> dict[str
     )
 
 
-def _final(history: list[dict], evaluations: list[dict], step: int, batch_size: int) -> dict[str, float]:
+def final_metrics(history: list[dict], evaluations: list[dict], step: int, batch_size: int) -> dict[str, float]:
+    """A run's final numbers: the latest progress report and the latest evaluation."""
     last_eval = evaluations[-1] if evaluations else {}
     last = history[-1] if history else {}
     elapsed = last.get("elapsed", 0.0)

@@ -33,6 +33,7 @@ from demo.views import training as training_view
 __all__ = ["build_demo", "launch"]
 
 TITLE = "Jacobian Penalty Playground"
+MAX_UPLOAD = "1kb"  # nothing in the app takes a file: refuse anything larger at the door
 INTRO = (
     "# Jacobian Penalty Playground\n"
     "Train a classifier with cross-entropy + λ·‖J(x)‖²<sub>F</sub>, the squared Frobenius norm of its "
@@ -61,11 +62,23 @@ def after_stop(views: tuple, status: gr.HTML, session: dict | None) -> dict:
     return {status: training_view.after_stop(session), **refresh_views(views, session)}
 
 
+def after_run(views: tuple, status: gr.HTML, session: dict | None) -> dict:
+    """After the train event ended, also when Stop cancelled it: the views follow the runs, and a
+    stopped run's status line is redrawn from its last update. Stop's own .then runs at the click,
+    while the cancelled generator may still add an update (seen here: one report, 25 steps)."""
+    runs = (session or {}).get("runs") or [{}]
+    stopped = runs[-1].get("record", {}).get("status") == training_view.RUNNING
+    return after_stop(views, status, session) if stopped else refresh_views(views, session)
+
+
 def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
     """The app as a gr.Blocks, queue configured; limits from the environment unless given."""
     space = space or limits_module.Limits.from_env()
     defaults = RunConfig()
-    with gr.Blocks(title=TITLE) as demo:
+    # Downloads gradio copied into its cache (and anything posted to its upload route) are
+    # deleted once older than a session's time to live: by then their session is gone.
+    expiry = max(1, int(space.session_ttl))
+    with gr.Blocks(title=TITLE, delete_cache=(expiry, expiry)) as demo:
         session = gr.State(sessions.new_session(), time_to_live=space.session_ttl,
                            delete_callback=sessions.delete_files)
         gr.Markdown(INTRO)
@@ -94,8 +107,8 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
 
         views = (jacobian, robustness, runs)
         refreshed = list(refresh_views(views, None))  # the components whose choices follow the runs
-        train_event.then(partial(refresh_views, views), session, refreshed, api_visibility="private",
-                         show_progress="hidden")
+        train_event.then(partial(after_run, views, training.status), session, [training.status, *refreshed],
+                         api_visibility="private", show_progress="hidden")
         stop_event.then(partial(after_stop, views, training.status), session, [training.status, *refreshed],
                         api_visibility="private", show_progress="hidden")
     demo.queue(max_size=space.queue_size, default_concurrency_limit=space.concurrency)
@@ -105,6 +118,10 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
 def launch(demo: gr.Blocks, **options) -> None:
     """Serve on 127.0.0.1:7860 unless GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (or options) say
     otherwise; never a public share link. Theme and CSS are launch() arguments in Gradio 6.
-    Sets torch's intra-op threads for this server process (JP_TORCH_THREADS, see demo.limits)."""
-    torch.set_num_threads(limits_module.Limits.from_env().torch_threads)
+    Sets torch's intra-op threads for this server process (JP_TORCH_THREADS, see demo.limits).
+    The app takes no uploads, so gradio's upload route is held to MAX_UPLOAD; gradio keeps a
+    record (~0.2 MB) of every session it has seen, at most JP_MAX_SESSIONS of them."""
+    space = limits_module.Limits.from_env()
+    torch.set_num_threads(space.torch_threads)
+    options = {"max_file_size": MAX_UPLOAD, "state_session_capacity": space.max_sessions, **options}
     demo.launch(share=False, theme=gr.themes.Soft(), css=CSS, **options)

@@ -158,7 +158,7 @@ def test_two_clients_train_at_once_and_keep_their_own_runs(url):
         ({"penalty": -1.0}, "penalty (lambda) must be at least 0"),
         ({"dataset": "spirals", "arch": "lenet"}, "lenet needs image inputs"),
         ({"steps": TEST_LIMITS.max_steps + 1}, "more than this app allows"),
-        ({"device": "tpu"}, "tpu is not in the list of choices"),  # gradio's own check, also plain
+        ({"device": "tpu"}, "Unknown device 'tpu'; choose one of: auto, cpu, cuda"),  # /train: RunConfig checks all
         pytest.param(
             {"device": "cuda"}, "no CUDA GPU is available here",  # raised inside the training generator
             marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),

@@ -245,3 +245,19 @@ def test_digits_acceptance_penalty_keeps_accuracy_cuts_jacobian_and_adds_robustn
 def test_finished_is_last_and_unique():
     events, _ = run(steps=5, report_every=5, eval_every=5)
     assert sum(isinstance(e, Finished) for e in events) == 1 and isinstance(events[-1], Finished)
+
+
+def test_recorder_keeps_received_history_when_a_fault_ends_the_run_empty():
+    cfg = RunConfig(**QUICK)
+    recorder = Recorder(cfg)
+    stream = train(cfg)
+    received = [next(stream) for _ in range(4)]  # Started, Progress x2, Evaluation
+    for event in received:
+        recorder.add(event)
+    stream.close()
+    recorder.add(Finished("out_of_memory", "The GPU ran out of memory.", {}, (), ()))
+    record = recorder.record
+    assert record["status"] == "out_of_memory"
+    assert [h["step"] for h in record["history"]] == [e.step for e in received if isinstance(e, Progress)]
+    assert record["final"]["steps"] == record["history"][-1]["step"]
+    assert recorder.state_dict  # the weights of the last evaluation

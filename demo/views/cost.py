@@ -13,7 +13,7 @@ import torch
 
 import models
 from demo import bench, data, limits, plots
-from demo.config import ConfigError
+from demo.config import DEVICES, ConfigError
 from demo.jacobian import METHODS
 from demo.train import resolve_device
 from demo.views import controls as controls_view
@@ -62,20 +62,23 @@ def measure_cost(arch: str, dataset: str, device: str, classes: Sequence[int], m
 
 def _check(arch, dataset, device, classes, methods, batch_size):
     try:
-        if not classes or not methods:
+        if not (isinstance(classes, list) and isinstance(methods, list) and classes and methods):
             raise ConfigError("Choose at least one number of outputs C and one method.")
-        unknown = [m for m in methods if m not in METHODS]
-        if unknown or any(int(c) not in CLASS_CHOICES for c in classes):
+        # Values arrive as sent (preprocess=False): any JSON, so compare, never convert, first.
+        unknown = [m for m in methods if m not in tuple(METHODS)]
+        if unknown or any(c not in CLASS_CHOICES for c in classes):
             raise ConfigError(f"Methods must be among {', '.join(METHODS)} and C among {CLASS_CHOICES}.")
-        whole = isinstance(batch_size, (int, float)) and batch_size == int(batch_size)
-        if not (whole and 1 <= batch_size <= MAX_BATCH):
+        whole = type(batch_size) in (int, float) and batch_size in range(1, MAX_BATCH + 1)
+        if not whole:
             raise ConfigError(f"The batch size must be a whole number from 1 to {MAX_BATCH}, got {batch_size!r}.")
         shape = data.input_shape(dataset)
         reason = models.incompatibility(arch, shape, dataset=dataset)
         if reason:
             raise ConfigError(reason)
+        if device not in DEVICES:
+            raise ConfigError(f"Unknown device {str(device)[:40]!r}; choose one of: {', '.join(DEVICES)}.")
         return shape, resolve_device(device)
-    except (ConfigError, ValueError) as exc:
+    except (ConfigError, ValueError, TypeError) as exc:
         raise gr.Error(str(exc), print_exception=False) from None
 
 
@@ -120,6 +123,7 @@ def wire(view: CostView, controls: controls_view.Controls, space: limits.Limits)
         [view.figure, view.table],
         api_name="cost",
         api_description="ms per training step and ratio to a plain step, per estimator and number of outputs C.",
+        preprocess=False,  # as /train: our checks see every value as sent (see training.wire)
         concurrency_id=ACCELERATOR,
         concurrency_limit=space.concurrency,
         show_progress="minimal",

@@ -102,7 +102,7 @@ def run_thread(
 def _config(values: dict[str, Any], warmup: Any, space: limits.Limits) -> tuple[RunConfig, int]:
     try:
         steps, warmup = int(values["steps"]), int(warmup)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise gr.Error("Steps and warm-up steps must be whole numbers.", print_exception=False) from None
     if not (1 <= steps <= min(MAX_STEPS, space.max_steps) and 0 <= warmup <= min(MAX_WARMUP, space.max_steps)):
         raise gr.Error(
@@ -181,6 +181,7 @@ def wire(view: ThreadView, controls: controls_view.Controls, space: limits.Limit
         [view.numbers, view.figure],
         api_name="thread",
         api_description="The forum thread's .backward() penalty against jacobian_penalty, same model/data/seed.",
+        preprocess=False,  # as /train: RunConfig and _config see every value as sent (see training.wire)
         concurrency_id=ACCELERATOR,
         concurrency_limit=space.concurrency,
         show_progress="minimal",

@@ -26,6 +26,7 @@ import gradio as gr
 
 from demo import data, inspect, limits, plots
 from demo.config import ConfigError, RunConfig
+from demo.gpu import on_gpu
 from demo.record import Recorder, new_record
 from demo.train import Evaluation, Finished, train
 from demo.views import controls as controls_view
@@ -75,6 +76,7 @@ class TrainingView:
     field: gr.Plot
 
 
+@on_gpu  # ZeroGPU: runs in a GPU worker for gpu_duration(cfg) seconds; unchanged elsewhere
 def run_stream(cfg: RunConfig) -> Iterator[tuple[dict[str, Any], dict | None]]:
     """train(cfg) folded into its run record: (record, CPU weights or None) after every event.
 
@@ -228,6 +230,9 @@ def wire(view: TrainingView, controls: controls_view.Controls, session: gr.State
         [session, view.status, view.curves, view.field],
         api_name="train",
         api_description="Train with a Jacobian penalty; streams status, curves and the 2-D field. All have defaults.",
+        # Values reach train_run as sent and RunConfig checks them all: gradio's own number
+        # handling fails on NaN, "ten" or [1] with a generic message, and rounds 2.5 steps to 2.
+        preprocess=False,
         concurrency_id=ACCELERATOR,
         concurrency_limit=space.concurrency,
         show_progress="minimal",
