@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from apphelpers import runs, served, wait_for
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from safetensors.torch import load_file
@@ -23,7 +23,6 @@ from demo import data
 from demo.config import ConfigError, RunConfig
 from demo.limits import Limits, apply
 from demo.record import new_record
-from demo.ui import build_demo
 from demo.views import session as sessions
 from demo.views.training import HEAVY, SKIP, Throttle
 
@@ -37,19 +36,10 @@ WAIT_S = 120
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def url():
-    demo = build_demo(TEST_LIMITS)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
+    with served(TEST_LIMITS) as (_, address):
+        yield address
 
 
 @pytest.fixture
@@ -59,24 +49,9 @@ def client(url):
     client.close()
 
 
-def runs(client: Client) -> list[dict]:
-    table = client.predict(api_name="/runs")
-    return [dict(zip(table["headers"], row, strict=True)) for row in table["data"]]
-
-
 def plotly(output) -> dict:
     assert isinstance(output, dict) and output["type"] == "plotly", output
     return json.loads(output["plot"])
-
-
-def wait_for(predicate, timeout: float = WAIT_S, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("timed out waiting")
 
 
 def test_every_endpoint_is_named_and_train_has_defaults(client):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from apphelpers import free_port
 from PIL import Image
 
 pytestmark = pytest.mark.browser
@@ -59,12 +59,6 @@ SHOTS = ROOT / "docs" if os.environ.get("UPDATE_SCREENSHOTS") == "1" else None
 
 # ---------------------------------------------------------------------------------------------
 # Fixtures: one server, one browser, one page for the module
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

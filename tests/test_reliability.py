@@ -15,7 +15,6 @@ driven with gradio_client; runs are a few dozen steps.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import math
@@ -29,6 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from apphelpers import runs, served, wait_for
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
@@ -36,7 +36,7 @@ from demo import __main__ as cli
 from demo import train as train_module
 from demo.config import ConfigError, RunConfig
 from demo.limits import Limits
-from demo.ui import build_demo, launch
+from demo.ui import build_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMITS = Limits(max_steps=20_000, max_seconds=2.0, concurrency=1, queue_size=20)
@@ -54,24 +54,6 @@ TRAIN_DEFAULTS = {
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def served(space: Limits | None = None):
-    """The app launched through demo.ui.launch on a free loopback port; closed on exit."""
-    demo = build_demo(space)
-    port = free_port()
-    launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield demo, f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
-
-
 @pytest.fixture(scope="module")
 def server():
     with served(LIMITS) as (demo, url):
@@ -86,11 +68,6 @@ def session(server):
     assert "Finished 30 steps" in status
     yield client
     client.close()
-
-
-def runs(client: Client) -> list[dict]:
-    table = client.predict(api_name="/runs")
-    return [dict(zip(table["headers"], row, strict=True)) for row in table["data"]]
 
 
 def assert_plain(message: str, *words: str) -> None:
@@ -355,16 +332,6 @@ def test_queue_size_and_concurrency_bound_the_server(monkeypatch):
         finally:
             for client in clients:
                 client.close()
-
-
-def wait_for(predicate, timeout: float = WAIT_S, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("timed out waiting")
 
 
 def test_time_budget_ends_the_run_cleanly_with_its_partial_results(server):

@@ -15,23 +15,22 @@
 from __future__ import annotations
 
 import ast
-import contextlib
 import json
 import re
-import socket
 import time
 from pathlib import Path
 
 import gradio as gr
 import httpx
 import pytest
+from apphelpers import served
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from demo import ui
 from demo.config import RunConfig
 from demo.limits import Limits
-from demo.ui import build_demo, launch
+from demo.ui import build_demo
 from demo.views import session as sessions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,23 +188,6 @@ def test_no_input_takes_a_file_or_a_path():
 
 # ---------------------------------------------------------------------------------------------
 # The launched app
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def served(space: Limits):
-    demo = build_demo(space)
-    port = free_port()
-    launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield demo, f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
 
 
 @pytest.fixture(scope="module")

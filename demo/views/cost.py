@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import gradio as gr
 import pandas as pd
@@ -14,6 +15,7 @@ import torch
 import models
 from demo import bench, data, limits, plots
 from demo.config import DEVICES, ConfigError
+from demo.gpu import on_gpu
 from demo.jacobian import METHODS
 from demo.train import resolve_device
 from demo.views import controls as controls_view
@@ -26,6 +28,7 @@ DEFAULT_CLASSES = (10, 100, 1000)
 REPEATS = 3  # interleaved rounds per point; the ratio is their median
 MAX_BATCH = 256
 CHUNK_ABOVE = 100  # exact takes its rows in chunks of this size when C is larger (bounds memory)
+COST_GPU_SECONDS = 60  # ZeroGPU allowance for one measurement: a few C values x 5 methods x REPEATS
 TABLE_COLUMNS = ("method", "C", "ms per step", "× plain step")
 
 
@@ -39,6 +42,7 @@ class CostView:
     table: gr.Dataframe
 
 
+@partial(on_gpu, duration=lambda *args, **kwargs: COST_GPU_SECONDS)  # ZeroGPU: a GPU worker
 def cost_stream(arch: str, shape: tuple[int, ...], device: torch.device, classes: Sequence[int],
                 methods: Sequence[str], batch_size: int) -> Iterator[list[dict]]:
     """The torch-touching part: demo.bench.time_steps at each C in turn; yields the rows so far."""

@@ -15,6 +15,7 @@ import gradio as gr
 
 from demo import data, limits, plots, thread_demo
 from demo.config import ConfigError, RunConfig
+from demo.gpu import gpu_duration, on_gpu
 from demo.train import build_model, resolve_device
 from demo.views import controls as controls_view
 from demo.views.training import ACCELERATOR, HEAVY, SKIP, Throttle
@@ -50,6 +51,12 @@ class ThreadView:
     figure: gr.Plot
 
 
+def _thread_gpu_seconds(cfg: RunConfig, warmup_steps: int) -> int:
+    # Both approaches train cfg.steps after a shared warm-up, with an exact ||J|| at each report.
+    return gpu_duration(cfg.replace(steps=3 * cfg.steps + warmup_steps, robustness=False))
+
+
+@partial(on_gpu, duration=_thread_gpu_seconds)  # ZeroGPU: a GPU worker; unchanged elsewhere
 def thread_stream(cfg: RunConfig, warmup_steps: int) -> Iterator[dict[str, dict[str, float]]]:
     """The torch-touching part: both approaches on the run's device; yields CPU numbers."""
     device = resolve_device(cfg.device)
