@@ -183,14 +183,16 @@ def _summary(record: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        # Everything after "bench" belongs to the benchmark's own parser (its flags, its --help).
+        from demo import bench
+
+        return bench.main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "list":
         _list()
         return 0
-    if args.command == "bench":
-        from demo import bench
-
-        return bench.main(args.rest)
     return _train(args)
 
 

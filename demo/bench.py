@@ -53,7 +53,20 @@ from torch import Tensor, nn
 import models
 from demo.jacobian import METHODS, jacobian_norms, jacobian_penalty
 
-__all__ = ["PLAIN", "LOOP", "LOOP_MAX_CLASSES", "time_steps", "chunk_sweep", "environment", "main"]
+__all__ = [
+    "PLAIN",
+    "LOOP",
+    "LOOP_MAX_CLASSES",
+    "method_names",
+    "make_step",
+    "peak_memory_mb",
+    "time_steps",
+    "chunk_sweep",
+    "backward_comparison",
+    "environment",
+    "markdown",
+    "main",
+]
 
 PLAIN = "plain"
 LOOP = "loop"

@@ -123,8 +123,8 @@ def jacobian_penalty(
 
     The reverse-mode methods differentiate f with respect to a private copy of x that requires
     grad, so a plain `loss.backward()` also computes d loss / d x through f's first layer, which
-    nobody reads. `loss.backward(inputs=list(model.parameters()))` skips it (on a CPU, 10-25% of a
-    projection step; benchmarks/README.md).
+    nobody reads. `loss.backward(inputs=list(model.parameters()))` skips it (on a CPU up to a fifth
+    of a projection step; benchmarks/README.md).
     """
     _check_arguments(x, method, num_projections, chunk_size, fd_step)
     if method == "jvp":

@@ -170,6 +170,7 @@ def _run(cfg: RunConfig, model: nn.Module, data: datasets.Dataset, device: torch
     net = distributed.wrap(model, cfg.target)
     world = distributed.world_size()
     optimizer = _optimizer(cfg, model)
+    params = [p for p in model.parameters() if p.requires_grad]
     batches = _batches(data.x_train.shape[0], cfg.batch_size * world, cfg.seed, device)
     # Probes get their own generator: the same seed gives the same run on the CPU.
     probes = torch.Generator(device=device).manual_seed(cfg.seed + 1 + distributed.rank())
@@ -186,7 +187,7 @@ def _run(cfg: RunConfig, model: nn.Module, data: datasets.Dataset, device: torch
         idx = distributed.shard(idx)
         x, y = data.x_train[idx], data.y_train[idx]
         model.train()
-        ce, penalty, correct = _step(cfg, model, net, optimizer, x, y, probes)
+        ce, penalty, correct = _step(cfg, model, net, optimizer, params, x, y, probes)
         elapsed = time.perf_counter() - start
         out_of_time = cfg.time_budget > 0 and distributed.any_rank(elapsed >= cfg.time_budget, device)
         reporting = step % cfg.report_every == 0 or step == cfg.steps or out_of_time
@@ -252,7 +253,7 @@ def _run(cfg: RunConfig, model: nn.Module, data: datasets.Dataset, device: torch
     yield Finished(status, message, final, tuple(history), tuple(evaluations), evaluation.state_dict)
 
 
-def _step(cfg, model, penalised, optimizer, x, y, probes) -> tuple[Tensor, Tensor | None, Tensor]:
+def _step(cfg, model, penalised, optimizer, params, x, y, probes) -> tuple[Tensor, Tensor | None, Tensor]:
     """One optimisation step; returns (cross-entropy, penalty estimate or None if lambda = 0,
     correct count) as tensors."""
     if cfg.penalty > 0:
@@ -265,7 +266,9 @@ def _step(cfg, model, penalised, optimizer, x, y, probes) -> tuple[Tensor, Tenso
     ce = F.cross_entropy(logits, y)
     loss = ce if penalty is None else ce + cfg.penalty * penalty
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    # Only the parameters' gradients: a bare backward() would also compute d loss / d x for the
+    # penalty's private copy of x, which nobody reads (lenet's step: 3.1x -> 2.5x a plain step).
+    loss.backward(inputs=params)
     optimizer.step()
     correct = (logits.detach().argmax(dim=1) == y).sum().to(logits.dtype)
     return ce, penalty, correct

@@ -76,7 +76,8 @@ def _worker(out: Path) -> None:
             idx = distributed.shard(torch.arange(x.shape[0]))
             optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # the step leaves .grad as it is
             probes = torch.Generator().manual_seed(PROBE_SEED + rank)
-            _step(_config(target, method), model, distributed.wrap(model, target), optimizer, x[idx], y[idx], probes)
+            _step(_config(target, method), model, distributed.wrap(model, target), optimizer, list(model.parameters()),
+                  x[idx], y[idx], probes)
             grads[f"{target}/{method}"] = [p.grad for p in model.parameters()]
         torch.save(grads, out / f"rank{rank}.pt")
     finally:
@@ -141,7 +142,8 @@ def _union_gradients(target: str, method: str) -> list[torch.Tensor]:
     model, x, y = _problem()
     penalised = model if target == "logits" else model.features
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    _step(_config(target, method), model, penalised, optimizer, x, y, torch.Generator().manual_seed(PROBE_SEED))
+    _step(_config(target, method), model, penalised, optimizer, list(model.parameters()), x, y,
+          torch.Generator().manual_seed(PROBE_SEED))
     return [p.grad for p in model.parameters()]
 
 
@@ -202,7 +204,8 @@ def test_ddp_step_gives_the_single_process_gradients_of_the_union(tmp_path):
     # The check can fail: one shard alone (no synchronisation) is far from the union.
     model, x, y = _problem()
     idx = distributed.shard(torch.arange(x.shape[0]), of_rank=0, world=WORLD)
-    _step(_config("logits", "exact"), model, model, torch.optim.SGD(model.parameters(), lr=0.0), x[idx], y[idx], None)
+    params = list(model.parameters())
+    _step(_config("logits", "exact"), model, model, torch.optim.SGD(params, lr=0.0), params, x[idx], y[idx], None)
     assert _relative_error([p.grad for p in model.parameters()], ranks[0]["logits/exact"]) > 1e-3
 
 
