@@ -37,6 +37,7 @@ __all__ = [
     "field_figure",
     "jacobian_figure",
     "robustness_figure",
+    "message_figure",
     "run_label",
     "steps_figure",
 ]
@@ -195,7 +196,7 @@ def jacobian_figure(examples: Sequence[tuple[str, Mapping[str, Any]]]) -> go.Fig
     centred on 0, so runs compare at a glance.
     """
     if not examples:
-        return _empty("Train a run to see its Jacobian.")
+        return message_figure("Train a run to see its Jacobian.")
     first = examples[0][1]
     scale = max(float(np.abs(np.asarray(ex["jacobian"])).max()) for _, ex in examples) or 1.0
     if first["kind"] == "image":
@@ -263,7 +264,7 @@ def field_figure(fields: Sequence[tuple[str, Mapping[str, Any]]], points: Mappin
     """||J(x)||_F over the input plane (colour), the decision boundary (white lines) and the
     data points (by class), one panel per run. Fields come from inspect.norm_field."""
     if not fields:
-        return _empty("The ||J(x)|| field is drawn for 2-D datasets (spirals, moons, circles, xor).")
+        return message_figure("The ||J(x)|| field is drawn for 2-D datasets (spirals, moons, circles, xor).")
     fig = make_subplots(rows=1, cols=len(fields), subplot_titles=[label for label, _ in fields])
     top = max(float(np.max(f["norms"])) for _, f in fields)
     for col, (_, field) in enumerate(fields, start=1):
@@ -379,7 +380,8 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def _empty(message: str) -> go.Figure:
+def message_figure(message: str) -> go.Figure:
+    """A figure that only says something (why a view is empty, what to do first)."""
     fig = go.Figure()
     fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
     fig.update_xaxes(visible=False)

@@ -10,6 +10,8 @@ import gradio as gr
 from demo import plots
 from demo.views import session as sessions
 
+FILE_BOX_PX = 100  # download boxes stay small until there is a file in them
+
 __all__ = ["RunsView", "choices_update", "compare_runs", "download", "runs_table"]
 
 
@@ -65,7 +67,8 @@ def choices_update(view: RunsView, session: dict | None) -> dict:
 
 def layout() -> RunsView:
     with gr.Tab("Runs") as tab:
-        table = gr.Dataframe(sessions.table(None), label="This session's runs", interactive=False, wrap=True)
+        table = gr.Dataframe(sessions.table(None), label="This session's runs", interactive=False, wrap=True,
+                             elem_id="jp-runs")
         refresh = gr.Button("Refresh", size="sm", scale=0)
         compare = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
                               label="Runs to compare (none chosen: all)")
@@ -74,8 +77,8 @@ def layout() -> RunsView:
             run = gr.Dropdown([("newest run", "")], value="", label="Run to download", allow_custom_value=True)
             download_button = gr.Button("Prepare downloads", scale=0, min_width=180)
         with gr.Row():
-            json_file = gr.File(label="Run record (JSON)", interactive=False)
-            weights_file = gr.File(label="Weights (safetensors)", interactive=False)
+            json_file = gr.File(label="Run record (JSON)", interactive=False, height=FILE_BOX_PX)
+            weights_file = gr.File(label="Weights (safetensors)", interactive=False, height=FILE_BOX_PX)
     return RunsView(tab, table, refresh, compare, curves, run, download_button, json_file, weights_file)
 
 

@@ -212,7 +212,10 @@ def layout_buttons() -> tuple[gr.Button, gr.Button, gr.HTML]:
 
 
 def layout_tab(defaults: RunConfig, buttons: tuple[gr.Button, gr.Button, gr.HTML]) -> TrainingView:
-    curves = gr.Plot(label="Training curves")
+    # A placeholder figure makes the browser load plotly.js with the page, not at the first
+    # update of the first run (measured: the first curve then showed 2 s after the first report).
+    curves = gr.Plot(plots.message_figure("Press Train: the curves appear here while the run trains."),
+                     label="Training curves")
     field = gr.Plot(label="||J(x)||_F over the input plane, decision boundary and test points",
                     visible=defaults.dataset in controls_view.POINT_SETS)
     return TrainingView(*buttons, curves, field)
