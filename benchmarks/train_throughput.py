@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import inspect
 import io
-import json
 import statistics
 import sys
 import time
@@ -223,11 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(measure(cfg, args.rounds, clock, log))
     env["load_average_end"] = bench._load_average()
     report = {"environment": env, "rounds": args.rounds, "clock": args.clock, "ui_goal": UI_GOAL, "runs": runs}
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{args.name}_{device.type}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(markdown(report))
-    log(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')}")
+    bench.write_report(report, markdown(report), args.out / f"{args.name}_{device.type}", log)
     return 0
 
 

@@ -543,12 +543,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     env["load_average_end"] = _load_average()
     report = {"environment": env, "settings": settings, "penalty_weight": PENALTY_WEIGHT,
               "rows": rows, "chunk_sweep": sweep, "backward_comparison": backward}
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{args.name}_{device.type}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(markdown(report))
-    log(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')}")
+    write_report(report, markdown(report), args.out / f"{args.name}_{device.type}", log)
     return 0
+
+
+def write_report(report: dict, table: str, stem: Path, log) -> None:
+    """stem.json (the numbers) and stem.md (the table) side by side, for benchmarks/results/."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    stem.with_suffix(".md").write_text(table)
+    log(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')}")
 
 
 def _grid(args: argparse.Namespace, device: torch.device, log: Callable[..., None]) -> list[dict[str, Any]]:
