@@ -16,9 +16,9 @@ from pathlib import Path
 import models
 from demo import data, distributed
 from demo.config import ConfigError, RunConfig
-from demo.jacobian import METHODS
 from demo.record import Recorder, to_json
 from demo.train import Progress, Robustness, Started, resolve_device, train
+from jacobian_penalty import METHODS
 
 EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 1

@@ -23,7 +23,7 @@ allocator, and getrusage's maxrss only ever grows). It is measured on one more, 
 the profiler slows a step down.
 
 Methods: "plain" (the baseline, always measured and returned first), the estimators of
-`demo.jacobian.METHODS`, and "loop": the forum thread's answer, C separate VJPs with
+`jacobian_penalty.METHODS`, and "loop": the forum thread's answer, C separate VJPs with
 create_graph (one per output), only for C <= LOOP_MAX_CLASSES.
 
 `python -m demo bench --help` (or benchmarks/penalty_cost.py) runs the grid and writes JSON and
@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import models
-from demo.jacobian import METHODS, jacobian_norms, jacobian_penalty
+from jacobian_penalty import METHODS, jacobian_norms, jacobian_penalty
 
 __all__ = [
     "PLAIN",

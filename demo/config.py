@@ -14,7 +14,7 @@ from typing import Any
 
 import models
 from demo import data
-from demo.jacobian import METHODS
+from jacobian_penalty import METHODS
 
 TARGETS = ("logits", "features")
 OPTIMIZERS = ("adam", "sgd")

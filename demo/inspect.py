@@ -19,8 +19,8 @@ from torch import nn
 from demo import data as datasets
 from demo import robustness
 from demo.config import RunConfig
-from demo.jacobian import jacobian_norms, per_sample_jacobian
 from demo.train import build_model
+from jacobian_penalty import jacobian_norms, per_sample_jacobian
 
 __all__ = ["example_jacobian", "grid", "load_data", "load_model", "norm_field", "perturbed"]
 

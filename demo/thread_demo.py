@@ -18,7 +18,7 @@ Three things go wrong, and `compare` measures each of them:
 3. A ones vector gives one vector-Jacobian product, 1^T J_b = the column sums of J_b, so the
    "norm" is sqrt(sum_b ||J_b^T 1||^2), not the Frobenius norm sqrt(sum_b ||J_b||_F^2).
 
-Ours is `demo.jacobian.jacobian_penalty` (torch.autograd.grad with create_graph=True, no `.grad`
+Ours is `jacobian_penalty.jacobian_penalty` (torch.autograd.grad with create_graph=True, no `.grad`
 written) with `zero_grad()` before each step. Pure torch: the UI draws what `compare` yields.
 """
 
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from demo.jacobian import jacobian_norms, jacobian_penalty
+from jacobian_penalty import jacobian_norms, jacobian_penalty
 
 __all__ = [
     "APPROACHES",

@@ -26,7 +26,7 @@ import models
 from demo import data as datasets
 from demo import distributed, robustness
 from demo.config import ConfigError, RunConfig
-from demo.jacobian import jacobian_norms, jacobian_penalty
+from jacobian_penalty import jacobian_norms, jacobian_penalty
 
 __all__ = [
     "ConfigError",

@@ -16,7 +16,7 @@ from torch import nn
 
 from demo import bench
 from demo.__main__ import main as cli_main
-from demo.jacobian import jacobian_penalty
+from jacobian_penalty import jacobian_penalty
 
 TINY = {"batch_size": 4, "input_shape": (6,), "repeats": 2}
 

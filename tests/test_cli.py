@@ -72,7 +72,7 @@ def test_list_names_everything():
     assert result.returncode == 0
     import models
     from demo import data
-    from demo.jacobian import METHODS
+    from jacobian_penalty import METHODS
 
     for name in [*data.DATASETS, *models.ARCHITECTURES, *METHODS]:
         assert f"  {name} " in result.stdout

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 import models
 from demo import distributed
 from demo.config import RunConfig
-from demo.jacobian import jacobian_penalty
 from demo.train import Finished, _step, train
+from jacobian_penalty import jacobian_penalty
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from demo.jacobian import METHODS, jacobian_norms, jacobian_penalty, per_sample_jacobian
+from jacobian_penalty import METHODS, jacobian_norms, jacobian_penalty, per_sample_jacobian
 
 BATCH = 3
 Z_TOLERANCE = 4.5  # standard errors: a false alarm about once in 150,000 runs per check

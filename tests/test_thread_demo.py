@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from demo import thread_demo
-from demo.jacobian import jacobian_norms
+from jacobian_penalty import jacobian_norms
 
 
 def small_model(seed: int = 0) -> nn.Module:

@@ -11,9 +11,9 @@ import torch
 import models
 from demo import data
 from demo.config import ConfigError, RunConfig
-from demo.jacobian import METHODS, jacobian_norms
 from demo.record import Recorder
 from demo.train import Evaluation, Finished, Progress, Robustness, Started, build_model, train
+from jacobian_penalty import METHODS, jacobian_norms
 
 QUICK = {"steps": 20, "report_every": 5, "eval_every": 10, "robustness": False, "batch_size": 32}
 

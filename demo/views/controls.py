@@ -17,7 +17,7 @@ import torch
 import models
 from demo import data, limits
 from demo.config import DEVICES, TARGETS, ConfigError, RunConfig
-from demo.jacobian import METHODS
+from jacobian_penalty import METHODS
 
 __all__ = ["CONFIG_FIELDS", "Controls", "POINT_SETS", "config_from", "layout", "method_hint", "wire"]
 

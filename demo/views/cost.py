@@ -16,10 +16,10 @@ import models
 from demo import bench, data, limits, plots
 from demo.config import DEVICES, ConfigError
 from demo.gpu import on_gpu
-from demo.jacobian import METHODS
 from demo.train import resolve_device
 from demo.views import controls as controls_view
 from demo.views.training import ACCELERATOR
+from jacobian_penalty import METHODS
 
 __all__ = ["CostView", "measure_cost"]
 
