@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: run test lint browser-deps bench clean
+.PHONY: run test lint browser-deps bench bench-gpu clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,20 @@ test: $(VENV)/.dev-stamp browser-deps
 
 bench: $(VENV)/.dev-stamp
 	$(PY) -m demo bench
+
+# The GPU checks in one command, for a machine with CUDA (under 8 minutes on one GPU): the CUDA
+# tests, then the GPU benchmarks, results to $(RESULTS). It needs torch, torchvision and pytest
+# only, so it runs with the machine's own python when there is no .venv:
+#   make bench-gpu GPU_PY=python3 RESULTS=/some/folder
+GPU_PY  ?= $(if $(wildcard $(PY)),$(PY),python3)
+RESULTS ?= benchmarks/results
+bench-gpu:
+	mkdir -p $(RESULTS)
+	$(GPU_PY) -c "import torch; assert torch.cuda.is_available(), 'bench-gpu needs a CUDA GPU'; print(torch.cuda.get_device_name())"
+	-$(GPU_PY) -m pytest -q -p no:cacheprovider tests/test_library_cuda.py tests/test_jacobian.py tests/test_library_guards.py tests/test_library_architectures.py \
+	  >$(RESULTS)/cuda_tests.txt 2>&1; status=$$?; tail -20 $(RESULTS)/cuda_tests.txt; exit $$status
+	$(GPU_PY) benchmarks/library_comparison.py --device cuda --repeats 7 --out $(RESULTS)
+	$(GPU_PY) benchmarks/penalty_cost.py --device cuda --repeats 5 --out $(RESULTS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 import torch  # noqa: E402
 
-from demo import bench  # noqa: E402
+from benchmarks.report import environment, load_average, write_report  # noqa: E402
 from demo.config import RunConfig  # noqa: E402
 from demo.train import train  # noqa: E402
 
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace(
         "auto", "cpu"))
-    env = bench.environment(device)
+    env = environment(device)
     runs = []
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     for run in args.runs:
@@ -220,9 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{dataset}/{arch}: {cfg.steps} steps of {cfg.batch_size}, report every {cfg.report_every}, "
             f"evaluate every {cfg.eval_every}")
         runs.append(measure(cfg, args.rounds, clock, log))
-    env["load_average_end"] = bench._load_average()
+    env["load_average_end"] = load_average()
     report = {"environment": env, "rounds": args.rounds, "clock": args.clock, "ui_goal": UI_GOAL, "runs": runs}
-    bench.write_report(report, markdown(report), args.out / f"{args.name}_{device.type}", log)
+    write_report(report, markdown(report), args.out / f"{args.name}_{device.type}", log)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The measurement code of demo.bench: what it returns and writes, never how fast anything is.
+"""The measurement code of demo.bench and the grid of benchmarks/penalty_cost.py: what they return and write, never how fast anything is.
 
 Tiny models and batches keep this to a few seconds; timings are only checked to be positive
 and finite, since a shared machine makes any bound on them flaky.
@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from benchmarks import penalty_cost
 from demo import bench
 from demo.__main__ import main as cli_main
 from jacobian_penalty import jacobian_penalty
@@ -93,7 +94,7 @@ def test_cpu_clock_is_offered_only_on_the_cpu():
 
 
 def test_main_writes_json_and_markdown_with_device_and_versions(tmp_path):
-    assert bench.main(tiny_args(tmp_path)) == 0
+    assert penalty_cost.main(tiny_args(tmp_path)) == 0
     report = json.loads((tmp_path / "penalty_cost_cpu.json").read_text())
     env = report["environment"]
     assert env["device"] == "cpu" and env["device_name"]
@@ -113,7 +114,7 @@ def test_main_writes_json_and_markdown_with_device_and_versions(tmp_path):
 def test_methods_that_grow_with_outputs_are_skipped_past_the_budget(tmp_path):
     args = tiny_args(tmp_path, "--max-step-seconds", "1e-9", "--sweep-chunks", "--backward-archs")
     args[args.index("--classes") + 1 : args.index("--classes") + 2] = ["3", "6"]
-    assert bench.main(args) == 0
+    assert penalty_cost.main(args) == 0
     report = json.loads((tmp_path / "penalty_cost_cpu.json").read_text())
     skipped = {r["method"] for r in report["rows"] if r.get("skipped")}
     assert skipped == {"exact", "loop"}  # extrapolated from C = 3, never measured at C = 6
@@ -129,5 +130,5 @@ def test_cli_bench_passes_its_arguments_through(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_cuda_without_a_gpu_is_refused_in_plain_words(tmp_path, capsys):
-    assert bench.main(tiny_args(tmp_path, "--device", "cuda")) == 2
+    assert penalty_cost.main(tiny_args(tmp_path, "--device", "cuda")) == 2
     assert "no CUDA GPU" in capsys.readouterr().err

@@ -1,0 +1,1 @@
+"""Measurement scripts; each runs as `python benchmarks/NAME.py` from the repository root."""

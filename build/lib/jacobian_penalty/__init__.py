@@ -1,0 +1,61 @@
+"""Penalties on the Frobenius norm of a network's input-output Jacobian.
+
+For a batch x of shape (B, ...) and a network f with output y = f(x) of shape (B, ...), let
+J_b = d y_b / d x_b be the Jacobian of sample b, with the non-batch dims of x (D numbers) and of
+y (C numbers) flattened, so J_b is C x D. The penalty is the batch mean of ||J_b||_F^2:
+
+    R(x) = 1/B sum_b ||J_b||_F^2 = 1/B sum_b sum_{c,d} (d y_bc / d x_bd)^2      (no 1/2 factor)
+
+Adding lambda * R to the cross-entropy makes the network less sensitive to input perturbations
+(Drucker & LeCun 1992; Hoffman, Roberts & Yaida 2019, "Robust Learning with Jacobian
+Regularization", arXiv:1908.02729).
+
+Estimators (F = one forward pass, B = one backward pass, about 2F):
+
+- "exact": every row of every J_b (reverse mode, one VJP per output) or, when the inputs are
+  fewer than the outputs, every column (forward mode, one JVP per input): min(C, D) products.
+- "projection": ||J||_F^2 = C E_v ||v^T J||^2 for v uniform on the unit sphere in R^C (Hoffman et
+  al. 2019). One VJP per projection, independent of C; relative variance below 2 for one
+  projection, falling as 1/n for n projections.
+- "jvp": forward mode with Gaussian input probes (Hutchinson): ||J||_F^2 = E_u ||J u||^2 for
+  u ~ N(0, I_D). One forward pass with dual numbers (about 3F) per probe, independent of C.
+  Needs forward-mode rules for every op of f.
+- "fd": finite differences along random unit input directions d: J d ~ (f(x + h d) - f(x)) / h,
+  and ||J||_F^2 = D E_d ||J d||^2. One extra forward pass and no double backward, so it also works
+  with ops that have no second derivative. Biased by O(h).
+
+Every estimator returns y = f(x) from a forward pass it used, so the caller reuses y for its
+classification loss. None of them writes a parameter's `.grad`: gradients are taken with
+`torch.autograd.grad` (or `torch.func.jvp`) with respect to the input only. With
+`create_graph=True` the penalty is differentiable with respect to the parameters of f (double
+backpropagation); with False it is a detached number for reporting.
+
+Never a silent wrong number: f must return one tensor with one row per sample; a module that
+mixes samples (BatchNorm in training mode, ...) raises SampleCouplingError; dropout keeps one
+mask across the passes of a call; `check_samples_independent(f, x)` tests any function by
+behaviour. Attention and recurrent layers get kernels with the derivatives each method needs,
+inside the call only (`jacobian_penalty.guards`).
+"""
+
+from jacobian_penalty.guards import SampleCouplingError
+from jacobian_penalty.independence import check_samples_independent
+from jacobian_penalty.penalty import (
+    DEFAULT_FD_STEP,
+    METHODS,
+    MethodInfo,
+    jacobian_norms,
+    jacobian_penalty,
+    per_sample_jacobian,
+)
+
+__all__ = [
+    "DEFAULT_FD_STEP",
+    "METHODS",
+    "MethodInfo",
+    "SampleCouplingError",
+    "check_samples_independent",
+    "jacobian_norms",
+    "jacobian_penalty",
+    "per_sample_jacobian",
+]
+__version__ = "0.2.0"

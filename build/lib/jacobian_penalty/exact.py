@@ -1,0 +1,95 @@
+"""The exact ||J_b||_F^2 of every sample, computed in whichever direction is cheaper.
+
+||J_b||_F^2 is the sum of the squared norms of J_b's C rows (reverse mode: one VJP e_c^T J per
+output) or of its D columns (forward mode: one JVP J e_d per input). Each product costs about
+one pass through f, so the cheaper direction is the smaller of C and D: forward mode for
+low-dimensional inputs with many outputs (2-D points and 1000 classes: 2 JVPs instead of 1000
+VJPs), reverse mode otherwise.
+
+In reverse mode the C rows are taken `rows` at a time. Batching rows (`is_grads_batched`, a vmap
+over the backward) does the same arithmetic plus vmap's overhead in the double backward; on a
+CPU with a graph it was about 2x slower than one row at a time (benchmarks/results), so there
+the default is one row per pass, which is the forum thread's loop with a cheaper square. Without
+a graph (reporting), or on a GPU, where one backward pass is launch-bound, rows are batched up
+to a memory bound.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from jacobian_penalty.guards import Forward, ForwardModeUnavailable
+from jacobian_penalty.ops import sum_of_squares
+
+# Bytes that one batched pass may spend on its (rows, B, D) block of VJPs when the rows are
+# batched; the graph through f is a multiple of this, so keep it modest.
+ROW_BLOCK_BYTES = 32 * 2**20
+
+
+def rows_per_pass(y_flat: Tensor, x: Tensor, create_graph: bool, chunk_size: int | None) -> int:
+    batch, outputs = y_flat.shape
+    if chunk_size is not None:
+        return min(chunk_size, outputs)
+    if create_graph and x.device.type == "cpu":
+        return 1
+    per_row = batch * x[0].numel() * x.element_size()
+    return max(1, min(outputs, ROW_BLOCK_BYTES // max(per_row, 1)))
+
+
+def squared_norms(
+    forward: Forward, x: Tensor, y_flat: Tensor, *, create_graph: bool, chunk_size: int | None
+) -> Tensor:
+    """||J_b||_F^2 for every sample, shape (B,). y_flat = f(x).reshape(B, C), with x's graph."""
+    inputs, outputs = x[0].numel(), y_flat.shape[1]
+    if inputs < outputs and chunk_size is None:
+        try:
+            return _by_columns(forward, x, create_graph)
+        except ForwardModeUnavailable:
+            pass  # an op without a forward-mode rule: reverse mode works everywhere
+    return _by_rows(y_flat, x, create_graph, rows_per_pass(y_flat, x, create_graph, chunk_size))
+
+
+def _by_rows(y_flat: Tensor, x: Tensor, create_graph: bool, rows: int) -> Tensor:
+    """sum over the C rows of ||e_c^T J_b||^2, `rows` VJPs per backward pass, shape (B,)."""
+    batch, outputs = y_flat.shape
+    total = None
+    for start in range(0, outputs, rows):
+        stop = min(start + rows, outputs)
+        grad_outputs = _one_hot(y_flat, start, stop)  # (K, B, C)
+        # retain_graph: the caller still backpropagates its loss through y.
+        if stop - start == 1:
+            (vjp,) = torch.autograd.grad(
+                y_flat, x, grad_outputs[0], retain_graph=True, create_graph=create_graph
+            )  # (B, ...)
+            vjps = vjp.unsqueeze(0)
+        else:
+            (vjps,) = torch.autograd.grad(
+                y_flat, x, grad_outputs, retain_graph=True, create_graph=create_graph, is_grads_batched=True
+            )  # (K, B, ...)
+        part = sum_of_squares(vjps).sum(dim=0)  # (B,)
+        total = part if total is None else total + part
+    return total
+
+
+def _by_columns(forward: Forward, x: Tensor, create_graph: bool) -> Tensor:
+    """sum over the D inputs of ||J_b e_d||^2, one forward-mode pass per input, shape (B,)."""
+    batch, inputs = x.shape[0], x[0].numel()
+    x_plain = x.detach()
+    total = None
+    for d in range(inputs):
+        tangent = torch.zeros(batch, inputs, dtype=x.dtype, device=x.device)
+        tangent[:, d] = 1
+        _, column = forward.tangent(x_plain, tangent.reshape(x.shape))  # (B, ...) = J_b e_d
+        part = column.reshape(batch, -1).pow(2).sum(dim=1)  # (B,)
+        if not create_graph:
+            part = part.detach()
+        total = part if total is None else total + part
+    return total
+
+
+def _one_hot(y_flat: Tensor, start: int, stop: int) -> Tensor:
+    """grad_outputs selecting output rows start..stop-1 of every sample: (K, B, C)."""
+    batch, outputs = y_flat.shape
+    eye = torch.eye(outputs, dtype=y_flat.dtype, device=y_flat.device)[start:stop]  # (K, C)
+    return eye.unsqueeze(1).expand(stop - start, batch, outputs)
