@@ -1,4 +1,5 @@
-"""The measurement code of demo.bench and the grid of benchmarks/penalty_cost.py: what they return and write, never how fast anything is.
+"""The measurement code of demo.bench and the grid of benchmarks/penalty_cost.py: what they
+return and write, never how fast anything is.
 
 Tiny models and batches keep this to a few seconds; timings are only checked to be positive
 and finite, since a shared machine makes any bound on them flaky.
