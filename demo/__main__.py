@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 from pathlib import Path
 
 import models
-from demo import data, distributed
+from demo import data, distributed, outputs
 from demo.config import ConfigError, RunConfig
 from demo.record import Recorder, to_json
 from demo.train import Progress, Robustness, Started, resolve_device, train
@@ -104,7 +103,8 @@ def _train(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    problem = next(filter(None, map(_unwritable, (args.json, args.weights))), None)
+    problem = next(filter(None, map(outputs.problem, (args.json, args.weights))), None)
+    problem = problem or outputs.clash(args.json, args.weights)
     if problem:  # found before training, so a mistyped path costs no run
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -119,21 +119,6 @@ def _train(args: argparse.Namespace) -> int:
     finally:
         if joined:
             distributed.shutdown()
-
-
-def _unwritable(path: Path | None) -> str | None:
-    """Why the output file `path` cannot be written, in plain words, or None if it can."""
-    if path is None:
-        return None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return f"cannot write {path}: {exc.strerror or exc}."
-    if path.is_dir():
-        return f"cannot write {path}: it is a folder; give a file name."
-    if not os.access(path.parent, os.W_OK):
-        return f"cannot write {path}: its folder is not writable."
-    return None
 
 
 def _train_and_write(args: argparse.Namespace, cfg: RunConfig, main: bool) -> int:
@@ -158,15 +143,19 @@ def _train_and_write(args: argparse.Namespace, cfg: RunConfig, main: bool) -> in
         record["distributed"] = distributed.describe(cfg.batch_size)
     if not main:
         return EXIT_RUN_FAILED if record["status"] in ("diverged", "out_of_memory") else 0
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(to_json(record, indent=1))
-    if args.weights and recorder.state_dict:
-        from safetensors.torch import save_file
+    _summary(record)  # first: whatever happens to the files, the run's numbers are on the screen
+    try:
+        if args.json:
+            outputs.write_atomic(args.json, to_json(record, indent=1).encode())
+        if args.weights and recorder.state_dict:
+            from safetensors.torch import save
 
-        args.weights.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in recorder.state_dict.items()}, str(args.weights))
-    _summary(record)
+            tensors = {k: v.contiguous() for k, v in recorder.state_dict.items()}
+            outputs.write_atomic(args.weights, save(tensors, metadata={"config": to_json(record["config"])}))
+    except OSError as exc:
+        print(f"error: the run finished, but writing its files failed: {exc.strerror or exc} "
+              f"({exc.filename or 'output file'}).", file=sys.stderr)
+        return EXIT_RUN_FAILED
     return EXIT_RUN_FAILED if record["status"] in ("diverged", "out_of_memory") else 0
 
 

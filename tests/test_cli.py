@@ -76,3 +76,61 @@ def test_list_names_everything():
 
     for name in [*data.DATASETS, *models.ARCHITECTURES, *METHODS]:
         assert f"  {name} " in result.stdout
+
+
+# --- output files: refused before training, written atomically after ----------------------------
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [
+        (["--json", "/proc/x.json"], "system filesystem"),
+        (["--json", "/dev/full"], "system filesystem"),
+        (["--weights", "/sys/w.safetensors"], "system filesystem"),
+        (["--json", "{tmp}/" + "n" * 300 + ".json"], "bytes long"),
+        (["--json", "{tmp}"], "a folder"),
+        (["--json", "{tmp}/same", "--weights", "{tmp}/same"], "the same file"),
+    ],
+    ids=["proc", "dev-full", "sys", "long-name", "folder", "same-file"],
+)
+def test_output_paths_are_refused_before_any_training(tmp_path, capsys, flags, words):
+    from demo.__main__ import main
+
+    flags = [f.replace("{tmp}", str(tmp_path)) for f in flags]
+    # 100,000 steps would train for minutes: a refusal must come before the first step.
+    status = main(["train", "--dataset", "moons", "--arch", "mlp", "--steps", "100000", *flags])
+    err = capsys.readouterr().err
+    assert status == 2 and words in err and "Traceback" not in err
+
+
+def test_a_failed_write_after_the_run_keeps_the_summary_and_exits_1(tmp_path, capsys, monkeypatch):
+    from demo import outputs
+    from demo.__main__ import main
+
+    target = tmp_path / "run.json"
+    target.write_text("previous")
+
+    def full_disk(path, data):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(outputs, "write_atomic", full_disk)
+    status = main(["train", "--dataset", "moons", "--arch", "mlp", "--steps", "20", "--quiet", "--no-robustness",
+                   "--json", str(target)])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert "test accuracy" in captured.out  # the summary was printed
+    assert "No space left on device" in captured.err and "Traceback" not in captured.err
+    assert target.read_text() == "previous"
+
+
+def test_write_atomic_leaves_the_old_file_or_the_whole_new_one(tmp_path):
+    from demo.outputs import write_atomic
+
+    target = tmp_path / "out.json"
+    write_atomic(target, b"first")
+    with pytest.raises(TypeError):
+        write_atomic(target, "not bytes")  # fails mid-write
+    assert target.read_bytes() == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temporary file left
+    write_atomic(target, b"second")
+    assert target.read_bytes() == b"second"
