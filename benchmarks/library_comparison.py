@@ -8,7 +8,7 @@ is the median over rounds of the per-round ratio, so a load change on a shared m
 columns alike.
 
 Columns:
-- ours: projection, exact, jvp, fd (`jacobian_penalty`);
+- ours: projection, exact (its default, and 10 rows per batched pass), jvp, fd (`jacobian_penalty`);
 - loop: the forum thread's answer, one VJP with create_graph per output;
 - vmap(jacrev): torch.func's per-sample Jacobian, squared and summed;
 - jr n=1, jr exact: facebookresearch/jacobian_regularizer's algorithm, reimplemented here from
@@ -44,6 +44,7 @@ from jacobian_penalty import jacobian_penalty  # noqa: E402
 
 PENALTY_WEIGHT = 0.01
 BATCH = 128
+BATCHED_ROWS = 10  # exact's chunk_size in its batched column (torch.func.vmap over the VJP)
 SLOW_COLUMNS_MAX_OUTPUTS = 100  # loop and jr exact take C passes: beyond this they only show that
 # Goals: exact's step time over the loop's, and over a plain step for few inputs and many outputs.
 GOAL_EXACT_OVER_LOOP = 1.0
@@ -126,9 +127,9 @@ def jacobian_regularizer_penalty(n: int) -> Callable[[nn.Module, Tensor], tuple[
     return penalty
 
 
-def ours(method: str) -> Callable[[nn.Module, Tensor], tuple[Tensor, Tensor]]:
+def ours(method: str, **options: Any) -> Callable[[nn.Module, Tensor], tuple[Tensor, Tensor]]:
     def penalty(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-        return jacobian_penalty(model, x, method=method)
+        return jacobian_penalty(model, x, method=method, **options)
 
     return penalty
 
@@ -136,6 +137,7 @@ def ours(method: str) -> Callable[[nn.Module, Tensor], tuple[Tensor, Tensor]]:
 def columns(outputs: int) -> dict[str, Callable[[nn.Module, Tensor], tuple[Tensor, Tensor]] | None]:
     cols: dict[str, Any] = {"plain": None}
     cols.update({f"ours {m}": ours(m) for m in ("projection", "exact", "jvp", "fd")})
+    cols[f"ours exact, {BATCHED_ROWS} rows a pass"] = ours("exact", chunk_size=BATCHED_ROWS)
     if outputs <= SLOW_COLUMNS_MAX_OUTPUTS:
         cols["loop"] = loop_penalty
     cols["vmap(jacrev)"] = vmap_jacrev_penalty
@@ -169,7 +171,7 @@ def check_values(cols, model, x) -> dict[str, float]:
     for name, penalty in cols.items():
         if penalty is None:
             continue
-        draws = 1 if name in ("ours exact", "loop", "vmap(jacrev)", "jr exact") else 20
+        draws = 1 if name.startswith("ours exact") or name in ("loop", "vmap(jacrev)", "jr exact") else 20
         values = [penalty(model, x)[1].item() for _ in range(draws)]
         ratios[name] = statistics.mean(values) / reference
     return ratios

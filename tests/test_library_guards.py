@@ -274,13 +274,31 @@ def test_exact_goes_by_columns_when_inputs_are_few_and_matches_the_oracle_and_it
 
 
 @pytest.mark.parametrize("chunk_size", [None, 1, 7, 1000])
-def test_exact_row_chunks_agree(chunk_size):
+@pytest.mark.parametrize("arch", ["mlp", "lstm"])
+def test_exact_row_chunks_agree_with_the_oracle_in_value_and_gradient(chunk_size, arch):
+    """One row per pass (autograd) and batched rows (torch.func.vmap over the VJP) alike."""
     torch.manual_seed(0)
-    model = mlp(6, 20)
-    x = torch.randn(5, 6, dtype=DOUBLE)
-    expected = block_diagonal_squared_norms(model, x).mean()
-    _, penalty = jacobian_penalty(model, x, method="exact", chunk_size=chunk_size)
+    if arch == "mlp":
+        model, x = mlp(6, 20), torch.randn(5, 6, dtype=DOUBLE)
+        f = model
+    else:
+        model, x = nn.LSTM(3, 4, batch_first=True).to(DOUBLE), torch.randn(5, 3, 3, dtype=DOUBLE)
+
+        def f(t):
+            return model(t)[0].flatten(1)
+
+    params = list(model.parameters())
+    full = torch.autograd.functional.jacobian(f, x, create_graph=True).reshape(5, -1, 5, x[0].numel())
+    expected = torch.stack([full[b, :, b, :].pow(2).sum() for b in range(5)]).mean()
+    expected_grads = torch.autograd.grad(expected, params, allow_unused=True)
+    y, penalty = jacobian_penalty(f, x, method="exact", chunk_size=chunk_size)
+    grads = torch.autograd.grad(penalty, params, allow_unused=True)
     torch.testing.assert_close(penalty, expected, rtol=1e-10, atol=0)
+    for g, e in zip(grads, expected_grads, strict=True):
+        if e is not None:
+            torch.testing.assert_close(g, e, rtol=1e-8, atol=1e-12)
+    torch.testing.assert_close(y, f(x))  # and y still carries the graph for the caller's loss
+    assert y.requires_grad
 
 
 def test_no_parameter_grad_is_written_and_no_hook_or_flag_is_left_behind():
