@@ -38,6 +38,25 @@ class ConfigError(ValueError):
     """A run's parameters are wrong; the message is meant for the person who chose them."""
 
 
+# Each field as people see it in the app and the CLI's help: messages name fields this way.
+LABELS = {
+    "penalty": "penalty λ", "num_projections": "projections per step", "batch_size": "batch size",
+    "lr": "learning rate", "time_budget": "time budget (s)", "report_every": "steps between reports",
+    "eval_every": "steps between evaluations", "num_classes": "number of classes", "width": "MLP width",
+    "depth": "MLP depth",
+}
+
+
+def label(name: str) -> str:
+    return LABELS.get(name, name)
+
+
+def shown(value: Any) -> str:
+    """A value as a message may quote it: short, whatever was sent."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that defines one training run. Defaults: a ~2 s CPU run on embedded digits."""
@@ -102,28 +121,32 @@ def _coerce(name: str, type_name: str, value: Any) -> Any:
             if value.lower() in ("false", "0", "no", "off"):
                 return False
     except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a number, got {value!r}.") from None
+        raise ConfigError(f"{label(name)} must be a number, got {shown(value)}.") from None
+    except OverflowError:  # an integer like 10**400: float() cannot hold it
+        raise ConfigError(f"{label(name)} is far too large ({len(str(value))} digits).") from None
     return value
 
 
 def _choice(name: str, value: Any, choices) -> str | None:
     if isinstance(value, str) and value in choices:
         return None
-    shown = value if isinstance(value, str) and len(value) <= 40 else type(value).__name__
-    return f"Unknown {name} {shown!r}; choose one of: {', '.join(choices)}."
+    what = repr(value) if isinstance(value, str) and len(value) <= 40 else f"(a {type(value).__name__})"
+    return f"Unknown {name} {what}; choose one of: {', '.join(choices)}."
 
 
 def _integer(name: str, value: Any, low: int, high: int) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int):
-        return f"{name} must be a whole number, got {value!r}."
+        return f"{name} must be a whole number, got {shown(value)}."
     if not low <= value <= high:
-        return f"{name} must be between {low} and {high}, got {value}."
+        return f"{name} must be between {low} and {high}, got {shown(value)}."
     return None
 
 
 def _number(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"{name} must be a number, got {value!r}."
+        return f"{name} must be a number, got {shown(value)}."
+    if isinstance(value, int) and abs(value) > 1e300:
+        return f"{name} is far too large ({len(str(value))} digits)."
     if not math.isfinite(value):
         return f"{name} must be a finite number, got {value}."
     if value < low or (low_open and value == low) or value > high:
@@ -140,20 +163,20 @@ def _problems(cfg: RunConfig) -> list[str]:
         _choice("target", cfg.target, TARGETS),
         _choice("optimizer", cfg.optimizer, OPTIMIZERS),
         _choice("device", cfg.device, DEVICES),
-        _number("penalty (lambda)", cfg.penalty, 0.0, MAX_PENALTY),
-        _integer("num_projections", cfg.num_projections, 1, MAX_PROJECTIONS),
+        _number("penalty λ (lambda)", cfg.penalty, 0.0, MAX_PENALTY),
+        _integer("projections per step (num_projections)", cfg.num_projections, 1, MAX_PROJECTIONS),
         _integer("steps", cfg.steps, 1, MAX_STEPS),
-        _integer("batch_size", cfg.batch_size, 1, MAX_BATCH),
+        _integer("batch size", cfg.batch_size, 1, MAX_BATCH),
         _number("learning rate", cfg.lr, 0.0, MAX_LR, low_open=True),
         _integer("seed", cfg.seed, 0, MAX_SEED),
-        _number("time_budget", cfg.time_budget, 0.0, 7 * 24 * 3600.0),
-        _integer("report_every", cfg.report_every, 1, MAX_STEPS),
-        _integer("eval_every", cfg.eval_every, 1, MAX_STEPS),
+        _number("time budget (s)", cfg.time_budget, 0.0, 7 * 24 * 3600.0),
+        _integer("steps between reports", cfg.report_every, 1, MAX_STEPS),
+        _integer("steps between evaluations", cfg.eval_every, 1, MAX_STEPS),
         _number("noise", cfg.noise, 0.0, MAX_NOISE),
-        _integer("num_classes", cfg.num_classes, 2, MAX_CLASSES),
-        _integer("width", cfg.width, 1, MAX_WIDTH),
-        _integer("depth", cfg.depth, 1, MAX_DEPTH),
-        None if isinstance(cfg.robustness, bool) else f"robustness must be true or false, got {cfg.robustness!r}.",
+        _integer("number of classes", cfg.num_classes, 2, MAX_CLASSES),
+        _integer("MLP width", cfg.width, 1, MAX_WIDTH),
+        _integer("MLP depth", cfg.depth, 1, MAX_DEPTH),
+        None if isinstance(cfg.robustness, bool) else f"robustness must be true or false, got {shown(cfg.robustness)}.",
     ]
     problems = [p for p in checks if p]
     if not problems:

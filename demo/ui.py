@@ -14,12 +14,16 @@ cost. Stop is a cancel (a headless client calls job.cancel()).
 
 from __future__ import annotations
 
+import signal
+import threading
 from functools import partial
 
 import gradio as gr
 import torch
+from starlette.middleware import Middleware
 
 from demo import limits as limits_module
+from demo import server
 from demo.config import RunConfig
 from demo.views import controls as controls_view
 from demo.views import cost as cost_view
@@ -113,7 +117,9 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
                          api_visibility="private", show_progress="hidden")
         stop_event.then(partial(after_stop, views, training.status), session, [training.status, *refreshed],
                         api_visibility="private", show_progress="hidden")
-    demo.queue(max_size=space.queue_size, default_concurrency_limit=space.concurrency)
+    # api_open=False: no REST route around the queue (POST /gradio_api/run/<api> answers 404), so
+    # every event that trains or measures waits for the accelerator's concurrency slot.
+    demo.queue(max_size=space.queue_size, default_concurrency_limit=space.concurrency, api_open=False)
     return demo
 
 
@@ -125,5 +131,28 @@ def launch(demo: gr.Blocks, **options) -> None:
     record (~0.2 MB) of every session it has seen, at most JP_MAX_SESSIONS of them."""
     space = limits_module.Limits.from_env()
     torch.set_num_threads(space.torch_threads)
-    options = {"max_file_size": MAX_UPLOAD, "state_session_capacity": space.max_sessions, **options}
-    demo.launch(share=False, theme=gr.themes.Soft(), css=CSS, **options)
+    monitoring = server.monitoring_wanted()
+    options = {
+        "max_file_size": MAX_UPLOAD,
+        "state_session_capacity": space.max_sessions,
+        "enable_monitoring": monitoring,
+        "app_kwargs": {"middleware": [Middleware(server.Gate, monitoring=monitoring,
+                                                 endpoints=partial(server.signatures, demo))]},
+        **options,
+    }
+    server.remove_stale_folders()
+    if options.get("prevent_thread_lock"):
+        demo.launch(share=False, theme=gr.themes.Soft(), css=CSS, **options)
+        return
+    # Blocking: serve until interrupted (Ctrl-C, or SIGTERM turned into the same), then remove
+    # this server's session folders.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        demo.launch(share=False, theme=gr.themes.Soft(), css=CSS, **options)
+    finally:
+        server.remove_own_folders()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -8,11 +8,12 @@ VJPs), reverse mode otherwise.
 
 In reverse mode the C rows are taken `rows` at a time. With a graph (training) batched rows go
 through functorch (`torch.func.vjp`, vmapped over the one-hot cotangents): about 2x faster than
-autograd's `is_grads_batched`, but on a CPU still no faster than one row at a time for
-convolutions (benchmarks/results/library_comparison_cpu.md: 13% faster for a tanh MLP at 10 rows
-a pass, 60% slower for a small CNN), so there the default is one row per pass, which is the forum
-thread's loop with a cheaper square. On a GPU, where one backward pass is launch-bound, and
-without a graph (reporting), rows are batched up to a memory bound.
+autograd's `is_grads_batched`. On a CPU that pays only for dense models (Linear layers and
+elementwise ops: 10 rows a pass were 10-20% faster than the forum thread's loop), not for
+convolutions (about 80% slower) or anything else we could not measure, which take one row per
+pass: the thread's loop, with a cheaper square (benchmarks/results/library_comparison_cpu.md). On
+a GPU, where one backward pass is launch-bound, and without a graph (reporting), rows are batched
+up to a memory bound.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from jacobian_penalty.guards import Forward, ForwardModeUnavailable
 from jacobian_penalty.ops import sum_of_squares
@@ -28,23 +29,41 @@ from jacobian_penalty.ops import sum_of_squares
 # Bytes that one batched pass may spend on its (rows, B, D) block of VJPs when the rows are
 # batched; the graph through f is a multiple of this, so keep it modest.
 ROW_BLOCK_BYTES = 32 * 2**20
+DENSE_CPU_ROWS = 10  # rows a pass for dense models on a CPU with a graph (measured best of 1, 10, all)
+# Modules of a "dense" model: matrix products and elementwise or per-sample ops.
+_DENSE = (
+    nn.Linear, nn.Bilinear, nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.LayerNorm,
+    nn.Tanh, nn.ReLU, nn.GELU, nn.Sigmoid, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Softplus, nn.Mish, nn.Hardtanh,
+    nn.Softmax, nn.LogSoftmax,
+)
 
 
-def batches_rows(x: Tensor, create_graph: bool, chunk_size: int | None) -> bool:
+def batches_rows(f: Callable, x: Tensor, create_graph: bool, chunk_size: int | None) -> bool:
     """Whether reverse mode will take several rows per pass (decided before the forward pass)."""
     if chunk_size is not None:
         return chunk_size > 1
-    return not (create_graph and x.device.type == "cpu")
+    return not (create_graph and x.device.type == "cpu") or _dense(f)
 
 
-def rows_per_pass(y_flat: Tensor, x: Tensor, create_graph: bool, chunk_size: int | None) -> int:
+def rows_per_pass(f: Callable, y_flat: Tensor, x: Tensor, create_graph: bool, chunk_size: int | None) -> int:
     batch, outputs = y_flat.shape
     if chunk_size is not None:
         return min(chunk_size, outputs)
-    if not batches_rows(x, create_graph, chunk_size):
+    if not batches_rows(f, x, create_graph, chunk_size):
         return 1
+    if create_graph and x.device.type == "cpu":
+        return min(DENSE_CPU_ROWS, outputs)
     per_row = batch * x[0].numel() * x.element_size()
     return max(1, min(outputs, ROW_BLOCK_BYTES // max(per_row, 1)))
+
+
+def _dense(f: Callable) -> bool:
+    """f is a module (or a module's bound method) built of Linear layers and elementwise ops only."""
+    root = f if isinstance(f, nn.Module) else getattr(f, "__self__", None)
+    if not isinstance(root, nn.Module):
+        return False  # a plain function: nothing to inspect
+    leaves = [m for m in root.modules() if not list(m.children())]
+    return bool(leaves) and all(isinstance(m, _DENSE) for m in leaves)
 
 
 def squared_norms(
@@ -65,7 +84,7 @@ def squared_norms(
             return _by_columns(forward, x, create_graph)
         except ForwardModeUnavailable:
             pass  # an op without a forward-mode rule: reverse mode works everywhere
-    rows = rows_per_pass(y_flat, x, create_graph, chunk_size)
+    rows = rows_per_pass(forward.f, y_flat, x, create_graph, chunk_size)
     if rows > 1 and vjp_fn is not None:
         try:
             return _by_batched_rows(vjp_fn, y, rows, create_graph)

@@ -121,7 +121,7 @@ def jacobian_penalty(
     forward = Forward(f, x_in, double_backward=True, forward_mode=method == "exact", coupling=coupling,
                       replay=method == "exact")
     vjp_fn = None
-    if method == "exact" and create_graph and exact.batches_rows(x_in, create_graph, chunk_size):
+    if method == "exact" and create_graph and exact.batches_rows(f, x_in, create_graph, chunk_size):
         y, vjp_fn = forward.with_vjp(x_in)
     else:
         y = forward(x_in)

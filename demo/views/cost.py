@@ -18,6 +18,7 @@ from demo.config import DEVICES, ConfigError
 from demo.gpu import on_gpu
 from demo.train import resolve_device
 from demo.views import controls as controls_view
+from demo.views import inputs
 from demo.views.training import ACCELERATOR
 from jacobian_penalty import METHODS
 
@@ -30,6 +31,7 @@ MAX_BATCH = 256
 CHUNK_ABOVE = 100  # exact takes its rows in chunks of this size when C is larger (bounds memory)
 COST_GPU_SECONDS = 60  # ZeroGPU allowance for one measurement: a few C values x 5 methods x REPEATS
 TABLE_COLUMNS = ("method", "C", "ms per step", "× plain step")
+MAX_LIST = 20  # items a list may have before duplicates are dropped (more is not a page's request)
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,8 @@ def measure_cost(arch: str, dataset: str, device: str, classes: Sequence[int], m
     """/cost: ms per training step and ratio to a plain step for each method at each C; streams
     (figure, table) after each C."""
     shape, torch_device = _check(arch, dataset, device, classes, methods, batch_size)
-    for rows in cost_stream(arch, shape, torch_device, [int(c) for c in classes], methods, int(batch_size)):
+    classes, methods = sorted({int(c) for c in classes}), list(dict.fromkeys(methods))  # each measured once
+    for rows in cost_stream(arch, shape, torch_device, classes, methods, int(batch_size)):
         yield plots.cost_figure(rows), _table(rows)
 
 
@@ -68,13 +71,18 @@ def _check(arch, dataset, device, classes, methods, batch_size):
     try:
         if not (isinstance(classes, list) and isinstance(methods, list) and classes and methods):
             raise ConfigError("Choose at least one number of outputs C and one method.")
+        if len(classes) > MAX_LIST or len(methods) > MAX_LIST:
+            raise ConfigError(f"Send at most {MAX_LIST} numbers of outputs C and {MAX_LIST} methods (each is "
+                              f"measured once), got {len(classes)} and {len(methods)}.")
         # Values arrive as sent (preprocess=False): any JSON, so compare, never convert, first.
         unknown = [m for m in methods if m not in tuple(METHODS)]
         if unknown or any(c not in CLASS_CHOICES for c in classes):
-            raise ConfigError(f"Methods must be among {', '.join(METHODS)} and C among {CLASS_CHOICES}.")
-        whole = type(batch_size) in (int, float) and batch_size in range(1, MAX_BATCH + 1)
-        if not whole:
-            raise ConfigError(f"The batch size must be a whole number from 1 to {MAX_BATCH}, got {batch_size!r}.")
+            raise ConfigError(f"Methods must be among {', '.join(METHODS)} and the number of outputs C among "
+                              f"{', '.join(map(str, CLASS_CHOICES))}.")
+        inputs.number(batch_size, "Batch size", 1, MAX_BATCH, whole=True)
+        if not isinstance(arch, str) or not isinstance(dataset, str) or dataset not in data.DATASETS:
+            raise ConfigError(f"Unknown architecture or dataset; choose among {', '.join(models.ARCHITECTURES)} "
+                              f"and {', '.join(data.DATASETS)}.")
         shape = data.input_shape(dataset)
         reason = models.incompatibility(arch, shape, dataset=dataset)
         if reason:

@@ -14,7 +14,10 @@ import gradio as gr
 import numpy as np
 
 from demo import inspect, plots
+from demo.views import inputs
 from demo.views import session as sessions
+
+MAX_EXAMPLE = 10**6  # test example numbers wrap around the test set; beyond this one is a typo
 
 __all__ = ["JacobianView", "choices_update", "show_jacobian"]
 
@@ -36,6 +39,8 @@ class JacobianView:
 def show_jacobian(session: dict | None, run: str, compare: str, example: float):
     """/jacobian: (heatmap, field, info) for test example `example` of run `run` ("" = newest)
     beside run `compare` ("" = none)."""
+    run, compare = inputs.run_id(run, "Run"), inputs.run_id(compare, "Compare with")
+    index = inputs.number(0 if example in (None, "") else example, "Test example", 0, MAX_EXAMPLE, whole=True)
     if not (session or {}).get("runs"):
         return plots.jacobian_figure([]), plots.field_figure([]), "Train a run first: its Jacobian appears here."
     try:
@@ -54,7 +59,6 @@ def show_jacobian(session: dict | None, run: str, compare: str, example: float):
         models.append((sessions.short_label(other), inspect.load_model(other["record"], other["weights"])))
     if not models:
         return plots.jacobian_figure([]), plots.field_figure([]), "No run with weights to show yet."
-    index = int(example or 0)
     examples = [(label, inspect.example_jacobian(model, dataset, index)) for label, model in models]
     fields, points = [], None  # the field is drawn for 2-D data; for images it says so
     if dataset.kind == "points":
@@ -129,4 +133,5 @@ def wire(view: JacobianView, session: gr.State) -> None:
         api_name="jacobian",
         api_description="J(x) of a test example for a run (empty: newest) beside a comparison run.",
         trigger_mode="always_last",
+        preprocess=False,  # values as sent, checked by demo.views.inputs
     )

@@ -9,6 +9,7 @@ import gradio as gr
 
 from demo import inspect, plots
 from demo.robustness import ATTACKS
+from demo.views import inputs
 from demo.views import session as sessions
 
 __all__ = ["RobustnessView", "choices_update", "show_examples", "show_robustness"]
@@ -16,6 +17,7 @@ __all__ = ["RobustnessView", "choices_update", "show_examples", "show_robustness
 MAX_OVERLAID = 6  # runs drawn when none are chosen: the newest with robustness results
 MAX_EXAMPLES = 8
 DEFAULT_STRENGTH = 0.1
+MAX_STRENGTH = 10.0  # sigma or epsilon in input units: inputs live in [0, 1] or are of order 1
 
 
 @dataclass(frozen=True)
@@ -41,10 +43,9 @@ def show_robustness(session: dict | None, runs: list[str] | None):
 
 def show_examples(session: dict | None, run: str, attack: str, strength: float):
     """/perturbed: the first test inputs perturbed by `attack` at `strength`, and run's predictions."""
-    if attack not in ATTACKS:
-        raise gr.Error(f"Unknown perturbation {attack!r}; choose one of {', '.join(ATTACKS)}.", print_exception=False)
-    if not (isinstance(strength, (int, float)) and 0 <= strength <= 10):
-        raise gr.Error(f"The strength must be a number from 0 to 10, got {strength!r}.", print_exception=False)
+    run = inputs.run_id(run)
+    attack = inputs.choice(attack, "Perturbation", tuple(ATTACKS))
+    strength = inputs.number(strength, "Strength (σ or ε)", 0, MAX_STRENGTH)
     try:
         chosen = sessions.find_run(session, run, need_weights=True)
     except sessions.RunNotFound as exc:
@@ -64,6 +65,7 @@ def choices_update(view: RobustnessView, session: dict | None) -> dict:
 
 
 def _chosen(session: dict | None, runs: list[str] | None) -> list[dict]:
+    runs = inputs.run_ids(runs, "Runs to overlay")
     if runs:
         try:
             return [sessions.find_run(session, run_id) for run_id in runs]
@@ -109,6 +111,7 @@ def wire(view: RobustnessView, session: gr.State) -> None:
         api_name="robustness",
         api_description="Accuracy against sigma and epsilon, the chosen runs overlaid (empty: the newest).",
         trigger_mode="always_last",
+        preprocess=False,  # values as sent, checked by demo.views.inputs
     )
     view.show.click(
         show_examples,
@@ -116,4 +119,5 @@ def wire(view: RobustnessView, session: gr.State) -> None:
         view.examples,
         api_name="perturbed",
         api_description="A few test inputs perturbed (noise, fgsm or pgd) and a run's predictions for them.",
+        preprocess=False,
     )

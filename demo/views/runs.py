@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from demo import plots
+from demo.views import inputs
 from demo.views import session as sessions
 
 FILE_BOX_PX = 100  # download boxes stay small until there is a file in them
@@ -35,6 +36,7 @@ def runs_table(session: dict | None):
 
 def compare_runs(session: dict | None, runs: list[str] | None):
     """/compare: training curves of the chosen runs (ids; none chosen: every run) overlaid."""
+    runs = inputs.run_ids(runs, "Runs to compare")
     try:
         chosen = [sessions.find_run(session, r) for r in runs] if runs else (session or {}).get("runs", [])
     except sessions.RunNotFound as exc:
@@ -45,6 +47,7 @@ def compare_runs(session: dict | None, runs: list[str] | None):
 def download(session: dict | None, run: str):
     """/download: (record JSON, weights safetensors) of run `run` ("" = newest), written to the
     session's own temporary folder."""
+    run = inputs.run_id(run, "Run to download")
     try:
         chosen = sessions.find_run(session, run)
     except sessions.RunNotFound as exc:
@@ -102,5 +105,7 @@ def wire(view: RunsView, session: gr.State) -> None:
         view.curves,
         api_name="compare",
         trigger_mode="always_last",
+        preprocess=False,  # values as sent, checked by demo.views.inputs
     )
-    view.download.click(download, [session, view.run], [view.json_file, view.weights_file], api_name="download")
+    view.download.click(download, [session, view.run], [view.json_file, view.weights_file], api_name="download",
+                        preprocess=False)

@@ -13,6 +13,7 @@ visitor chose); `delete_files` removes it when gradio drops the session.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -54,7 +55,8 @@ def new_session() -> Session:
 def reserve_run(session: Session | None) -> tuple[Session, int]:
     """A session with an id taken for a new run and its download folder made, and that id."""
     session = session or new_session()
-    folder = session["folder"] or tempfile.mkdtemp(prefix=FOLDER_PREFIX)
+    # The server's pid in the name: a restarted server removes the folders of servers that are gone.
+    folder = session["folder"] or tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
     run_id = session["next_id"]
     return {**session, "next_id": run_id + 1, "folder": folder}, run_id
 

@@ -18,6 +18,7 @@ from demo.config import ConfigError, RunConfig
 from demo.gpu import gpu_duration, on_gpu
 from demo.train import build_model, resolve_device
 from demo.views import controls as controls_view
+from demo.views import inputs
 from demo.views.training import ACCELERATOR, HEAVY, SKIP, Throttle
 
 __all__ = ["ThreadView", "thread_stream", "run_thread"]
@@ -107,10 +108,9 @@ def run_thread(
 
 
 def _config(values: dict[str, Any], warmup: Any, space: limits.Limits) -> tuple[RunConfig, int]:
-    try:
-        steps, warmup = int(values["steps"]), int(warmup)
-    except (TypeError, ValueError, OverflowError):
-        raise gr.Error("Steps and warm-up steps must be whole numbers.", print_exception=False) from None
+    steps = inputs.number(values["steps"], "Steps", 1, MAX_STEPS, whole=True)
+    warmup = inputs.number(warmup, "Warm-up steps", 0, MAX_WARMUP, whole=True)
+    values = {**values, "steps": steps}
     if not (1 <= steps <= min(MAX_STEPS, space.max_steps) and 0 <= warmup <= min(MAX_WARMUP, space.max_steps)):
         raise gr.Error(
             f"This panel takes 1 to {min(MAX_STEPS, space.max_steps)} steps after 0 to "
