@@ -196,7 +196,7 @@ def test_uploads_and_monitoring_are_closed(server):
 
 def test_after_all_that_the_server_trains_and_its_log_holds_no_traceback(trained):
     url, log, _, process = trained
-    for case, api, defaults, field, literal, _ in HOSTILE:  # once more, all in a row
+    for _case, api, defaults, field, literal, _ in HOSTILE:  # once more, all in a row
         call(url, api, data_with(defaults, field, literal), session="again")
     kind, stream = call(url, "train", json.dumps(list(TRAIN.values())), session="after")
     assert kind == "complete", stream
