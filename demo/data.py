@@ -30,6 +30,7 @@ __all__ = [
     "DATASETS",
     "Dataset",
     "DatasetUnavailable",
+    "class_count",
     "data_root",
     "input_shape",
     "load",
@@ -110,6 +111,14 @@ class Dataset:
             x_test=self.x_test.to(device),
             y_test=self.y_test.to(device),
         )
+
+
+def class_count(name: str, synthetic_classes: int | None = None) -> int:
+    """The number of classes of dataset `name`, without loading it (synthetic: as asked)."""
+    _check_name(name)
+    if name == "synthetic":
+        return SYNTHETIC_CLASSES if synthetic_classes is None else synthetic_classes
+    return 2 if _SHAPES[name] == (2,) else 10
 
 
 def input_shape(name: str) -> tuple[int, ...]:

@@ -131,21 +131,31 @@ def train(cfg: RunConfig) -> Iterator[Event]:
         yield from _run(cfg, model, data, device)
         return
     except torch.cuda.OutOfMemoryError:
-        pass
+        where = "The GPU"
+    except (MemoryError, RuntimeError) as exc:
+        if not _cpu_out_of_memory(exc):
+            raise
+        where = "The machine"
     # Free what this run held so the next run starts clean, then say what to change. Outside the
     # except block: there the traceback still holds _run's frame (model, optimizer, activations),
-    # so empty_cache could hand nothing back.
+    # so empty_cache could hand nothing back. The consumer keeps the progress it already received.
     del model, data
     gc.collect()
     torch.cuda.empty_cache()
     yield Finished(
             status="out_of_memory",
-            message="The GPU ran out of memory. Try a smaller batch size, fewer projections, "
+            message=f"{where} ran out of memory. Try a smaller batch size, fewer projections, "
             "or the 'projection' method instead of 'exact'.",
             final={},
             history=(),
             evaluations=(),
         )
+
+
+def _cpu_out_of_memory(exc: BaseException) -> bool:
+    """torch's CPU allocator reports a failed allocation as a RuntimeError with these words."""
+    text = str(exc)
+    return isinstance(exc, MemoryError) or "can't allocate memory" in text or "not enough memory" in text
 
 
 def dataset_info(data: datasets.Dataset) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import torch
 from starlette.middleware import Middleware
 
 from demo import limits as limits_module
-from demo import server
+from demo import memory, server
 from demo.config import RunConfig
 from demo.views import controls as controls_view
 from demo.views import cost as cost_view
@@ -104,12 +104,14 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
 
         # Wiring
         controls_view.wire(controls)
-        train_event, stop_event = training_view.wire(training, controls, session, space)
+        # One memory estimator per app: its probes describe models, and are shared by the sessions.
+        estimator = memory.Estimator()
+        train_event, stop_event = training_view.wire(training, controls, session, space, estimator)
         jacobian_view.wire(jacobian, session)
         robustness_view.wire(robustness, session)
         runs_view.wire(runs, session)
-        thread_view.wire(thread, controls, space)
-        cost_view.wire(cost, controls, space)
+        thread_view.wire(thread, controls, space, estimator)
+        cost_view.wire(cost, controls, space, estimator)
 
         views = (jacobian, robustness, runs)
         refreshed = list(refresh_views(views, None))  # the components whose choices follow the runs

@@ -130,7 +130,7 @@ def test_two_clients_train_at_once_and_keep_their_own_runs(url):
 @pytest.mark.parametrize(
     ("bad", "words"),
     [
-        ({"penalty": -1.0}, "penalty (lambda) must be at least 0"),
+        ({"penalty": -1.0}, "penalty λ (lambda) must be at least 0"),
         ({"dataset": "spirals", "arch": "lenet"}, "lenet needs image inputs"),
         ({"steps": TEST_LIMITS.max_steps + 1}, "more than this app allows"),
         ({"device": "tpu"}, "Unknown device 'tpu'; choose one of: auto, cpu, cuda"),  # /train: RunConfig checks all

@@ -83,6 +83,13 @@ HOSTILE = [
     ("download-10e400", "download", {"run": ""}, "run", BIG, ("run",)),
     ("runs-extra-values", "runs", {}, None, "[1, 2, 3]", ("values", "expects")),
     ("train-data-not-a-list", "train", TRAIN, None, '"x"', ("data",)),
+    # The request that once grew the server past 24 GB: refused from the memory estimate.
+    ("train-out-of-memory", "train", {**TRAIN, "dataset": "synthetic", "arch": "vit", "method": "exact",
+                                      "batch_size": 512}, "steps", "1500", ("memory",)),
+    ("cost-out-of-memory", "cost", {**COST, "arch": "vit", "dataset": "synthetic", "classes": [1000],
+                                    "methods": ["exact"], "batch_size": 256}, "device", '"cpu"', ("memory",)),
+    ("thread-out-of-memory", "thread", {**THREAD, "dataset": "synthetic", "arch": "vit", "method": "exact",
+                                        "batch_size": 4096}, "steps", "5", ("memory",)),
     ("train-not-json", "train", TRAIN, None, "[1, 2", ("JSON",)),
     ("compare-runs-huge-body", "compare", {"runs": []}, "runs", json.dumps(["1" * 100] * 20000), ("at most",)),
 ]
@@ -102,7 +109,7 @@ def server(tmp_path_factory):
     port = free_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
            "TMPDIR": str(tmp), "GRADIO_TEMP_DIR": str(tmp / "gradio"), "GRADIO_ANALYTICS_ENABLED": "False",
-           "PYTHONUNBUFFERED": "1"}
+           "PYTHONUNBUFFERED": "1", "JP_MAX_MEMORY_MB": "8000"}
     with log.open("wb") as out:
         process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}/"
@@ -162,7 +169,7 @@ def test_every_hostile_request_gets_a_plain_sentence(trained, case, api, default
     assert GENERIC not in message and "Traceback" not in message and "Error:" not in message, message
     assert len(message) < 600, message
     assert any(w.lower() in message.lower() for w in words), (message, words)
-    assert time.monotonic() - started < 30, f"{case} took {time.monotonic() - started:.0f} s"
+    assert time.monotonic() - started < 20, f"{case} took {time.monotonic() - started:.0f} s"
 
 
 def test_duplicates_in_lists_are_dropped(trained):

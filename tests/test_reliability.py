@@ -207,7 +207,7 @@ COST_DEFAULTS = {"arch": "mlp", "dataset": "digits", "device": "cpu", "classes":
                  "batch_size": 8}
 OTHER_ENDPOINTS = [
     ("thread", THREAD_DEFAULTS, field, words)
-    for field, words in [("seed", ("seed",)), ("batch_size", ("batch_size",)), ("steps", ("steps",)),
+    for field, words in [("seed", ("seed",)), ("batch_size", ("batch size",)), ("steps", ("steps",)),
                          ("warmup_steps", ("steps",)), ("penalty", ("penalty",)), ("lr", ("lr", "learning rate")),
                          ("device", ("device",))]
 ] + [
@@ -246,7 +246,7 @@ CLI_HOSTILE = [
     (["--steps", "-1"], "steps"),
     (["--steps", "1e400"], "steps"),
     (["--steps", "2.5"], "whole number"),
-    (["--batch-size", "0x10"], "batch_size"),
+    (["--batch-size", "0x10"], "batch size"),
     (["--num-projections", "65"], "num_projections"),
     (["--seed", "-1"], "seed"),
     (["--time-budget", "nan"], "time_budget"),

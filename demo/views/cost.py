@@ -14,8 +14,9 @@ import torch
 
 import models
 from demo import bench, data, limits, plots
-from demo.config import DEVICES, ConfigError
+from demo.config import DEVICES, ConfigError, RunConfig
 from demo.gpu import on_gpu
+from demo.memory import Estimator
 from demo.train import resolve_device
 from demo.views import controls as controls_view
 from demo.views import inputs
@@ -58,11 +59,12 @@ def cost_stream(arch: str, shape: tuple[int, ...], device: torch.device, classes
 
 
 def measure_cost(arch: str, dataset: str, device: str, classes: Sequence[int], methods: Sequence[str],
-                 batch_size: int):
+                 batch_size: int, *, memory: Estimator):
     """/cost: ms per training step and ratio to a plain step for each method at each C; streams
     (figure, table) after each C."""
     shape, torch_device = _check(arch, dataset, device, classes, methods, batch_size)
     classes, methods = sorted({int(c) for c in classes}), list(dict.fromkeys(methods))  # each measured once
+    _check_memory(memory, arch, dataset, device, classes[-1], methods, int(batch_size), torch_device)
     for rows in cost_stream(arch, shape, torch_device, classes, methods, int(batch_size)):
         yield plots.cost_figure(rows), _table(rows)
 
@@ -92,6 +94,17 @@ def _check(arch, dataset, device, classes, methods, batch_size):
         return shape, resolve_device(device)
     except (ConfigError, ValueError, TypeError) as exc:
         raise gr.Error(str(exc), print_exception=False) from None
+
+
+def _check_memory(memory: Estimator, arch, dataset, device, most_classes, methods, batch_size, torch_device):
+    """The largest C with each method must fit (exact keeps a graph per output)."""
+    try:
+        for method in methods:
+            cfg = RunConfig(dataset=dataset, arch=arch, method=method, batch_size=batch_size, device=device,
+                            robustness=False)
+            memory.check(cfg, most_classes, torch_device)
+    except ConfigError as exc:
+        raise gr.Error(f"At C = {most_classes}: {exc}", print_exception=False) from None
 
 
 def _table(rows: list[dict]) -> pd.DataFrame:
@@ -128,9 +141,9 @@ def layout() -> CostView:
 # Wiring
 
 
-def wire(view: CostView, controls: controls_view.Controls, space: limits.Limits) -> None:
+def wire(view: CostView, controls: controls_view.Controls, space: limits.Limits, memory: Estimator) -> None:
     view.measure.click(
-        measure_cost,
+        partial(measure_cost, memory=memory),
         [controls.arch, controls.dataset, controls.device, view.classes, view.methods, view.batch_size],
         [view.figure, view.table],
         api_name="cost",

@@ -16,6 +16,7 @@ import gradio as gr
 from demo import data, limits, plots, thread_demo
 from demo.config import ConfigError, RunConfig
 from demo.gpu import gpu_duration, on_gpu
+from demo.memory import Estimator
 from demo.train import build_model, resolve_device
 from demo.views import controls as controls_view
 from demo.views import inputs
@@ -83,6 +84,7 @@ def run_thread(
     warmup_steps: int,
     *,
     space: limits.Limits,
+    memory: Estimator,
 ):
     """/thread: the thread's approach and ours for `steps` steps; streams (numbers, figure)."""
     values = dict(dataset=dataset, arch=arch, seed=seed, batch_size=batch_size, lr=lr, method=method,
@@ -91,6 +93,7 @@ def run_thread(
     records = {name: {"label": LABELS[name], "history": []} for name in thread_demo.APPROACHES}
     started, pace = time.monotonic(), Throttle()
     try:
+        memory.check(cfg, data.class_count(cfg.dataset, cfg.num_classes), resolve_device(cfg.device))
         for report in thread_stream(cfg, warmup):
             for name, values in report.items():
                 records[name]["history"].append(values)
@@ -180,9 +183,9 @@ def layout() -> ThreadView:
 # Wiring
 
 
-def wire(view: ThreadView, controls: controls_view.Controls, space: limits.Limits) -> None:
+def wire(view: ThreadView, controls: controls_view.Controls, space: limits.Limits, memory: Estimator) -> None:
     view.run.click(
-        partial(run_thread, space=space),
+        partial(run_thread, space=space, memory=memory),
         [controls.dataset, controls.arch, controls.seed, controls.batch_size, controls.lr, controls.method,
          controls.device, view.penalty, view.steps, view.warmup_steps],
         [view.numbers, view.figure],

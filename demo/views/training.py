@@ -27,8 +27,9 @@ import gradio as gr
 from demo import data, inspect, limits, plots
 from demo.config import ConfigError, RunConfig
 from demo.gpu import on_gpu
+from demo.memory import Estimator
 from demo.record import Recorder, new_record
-from demo.train import Evaluation, Finished, train
+from demo.train import Evaluation, Finished, resolve_device, train
 from demo.views import controls as controls_view
 from demo.views import session as sessions
 
@@ -106,6 +107,7 @@ def train_run(
     robustness: bool,
     *,
     space: limits.Limits,
+    memory: Estimator,
 ):
     """/train: UI values -> RunConfig -> run_stream -> (session, status, curves, field)."""
     values = dict(dataset=dataset, arch=arch, penalty=penalty, method=method, num_projections=num_projections,
@@ -113,6 +115,8 @@ def train_run(
                   robustness=robustness)
     cfg = controls_view.check(values, space)
     try:
+        # Before anything is allocated: a run that would not fit is refused, not killed mid-way.
+        memory.check(cfg, data.class_count(cfg.dataset, cfg.num_classes), resolve_device(cfg.device))
         points = None  # the test points under the live field, for 2-D data
         if cfg.dataset in controls_view.POINT_SETS:
             points = data.load(cfg.dataset, seed=cfg.seed, noise=cfg.noise)
@@ -225,10 +229,11 @@ def layout_tab(defaults: RunConfig, buttons: tuple[gr.Button, gr.Button, gr.HTML
 # Wiring
 
 
-def wire(view: TrainingView, controls: controls_view.Controls, session: gr.State, space: limits.Limits):
+def wire(view: TrainingView, controls: controls_view.Controls, session: gr.State, space: limits.Limits,
+         memory: Estimator):
     """Train (api_name "train") and Stop; returns (train event, stop event) for chaining."""
     train_event = view.train.click(
-        partial(train_run, space=space),
+        partial(train_run, space=space, memory=memory),
         [session, *controls.inputs()],
         [session, view.status, view.curves, view.field],
         api_name="train",
