@@ -2,6 +2,8 @@
 
     python benchmarks/load_test.py                         # 8 clients x 3 runs of 100 steps
     python benchmarks/load_test.py --clients 3 --runs 2    # the size tests/test_load.py runs
+    python benchmarks/load_test.py --rounds 6              # a soak: 6 rounds of 8 clients x 3 runs,
+                                                           # the server's memory after each round
 
 The app is launched for real (demo.ui.build_demo + demo.ui.launch) in a child process on
 127.0.0.1 and a free port, so its memory is measured alone; the clients are threads here, each
@@ -319,6 +321,66 @@ def load_test(clients: int, runs: int, steps: int, *, robustness: bool = False, 
     }
 
 
+def soak(clients: int, rounds: int, runs: int, steps: int, *, session_ttl: float = 5.0) -> dict:
+    """`rounds` times: `clients` visitors train `runs` runs each, their sessions expire, they leave;
+    the server's memory (gc) after every round. A bounded steady state: later rounds end where the
+    first ended, give or take the allocator's noise, instead of climbing."""
+    queue_size = max(20, clients + 1)
+    rows = []
+    with server(session_ttl, 1, queue_size) as app:
+        [warm], _, start, _, _ = visit(app.url, 1, 1, steps, False, app, session_ttl)
+        if warm.errors:
+            raise RuntimeError(f"the warm-up run failed: {warm.errors}")
+        for index in range(1, rounds + 1):
+            results, loaded, after, wall, unfinished = visit(app.url, clients, runs, steps, False, app, session_ttl)
+            rows.append({
+                "round": index, "completed": sum(r.completed for r in results), "expected": clients * runs,
+                "errors": [e for r in results for e in r.errors], "unfinished_clients": unfinished,
+                "wall_s": wall, "rss_loaded_mib": loaded["rss"] / MIB, "rss_after_mib": after["rss"] / MIB,
+                "rss_after_trimmed_mib": after["rss_trimmed"] / MIB, "live_after": after["live_states"],
+                "sessions_recorded": after["sessions"],
+            })
+    after = [row["rss_after_mib"] for row in rows]
+    return {
+        "parameters": {"clients": clients, "rounds": rounds, "runs_per_client": runs, "steps": steps,
+                       "session_ttl_s": session_ttl,
+                       "run": f"digits/mlp, penalty 0.01, projection, batch 64, {steps} steps"},
+        "start_mib": start["rss"] / MIB,
+        "rounds": rows,
+        "growth_first_to_last_mib": after[-1] - after[0],
+        "growth_start_to_last_mib": after[-1] - start["rss"] / MIB,
+        "largest_round_step_mib": max((b - a for a, b in zip(after, after[1:], strict=False)), default=0.0),
+    }
+
+
+def soak_markdown(result: dict) -> str:
+    p, env = result["parameters"], result["environment"]
+    lines = [
+        f"Soak: {p['rounds']} rounds of {p['clients']} clients x {p['runs_per_client']} runs on 127.0.0.1 "
+        f"({p['run']}, session time to live {p['session_ttl_s']:g} s); after each round the sessions expire "
+        "and the clients leave, then the server's RSS is read after gc.",
+        f"({env['machine']}; Python {env['python']}, torch {env['torch']}, gradio {env['gradio']}, {env['date']})",
+        "",
+        f"Server RSS after the warm-up: {result['start_mib']:.1f} MiB.",
+        "",
+        "| round | runs completed | errors | wall (s) | RSS loaded (MiB) | RSS after expiry (MiB) | "
+        "after malloc_trim (MiB) | sessions holding runs |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rounds"]:
+        lines.append(f"| {r['round']} | {r['completed']} of {r['expected']} | {len(r['errors'])} | {r['wall_s']:.1f} | "
+                     f"{r['rss_loaded_mib']:.1f} | {r['rss_after_mib']:.1f} | {r['rss_after_trimmed_mib']:.1f} | "
+                     f"{r['live_after']} |")
+    lines += [
+        "",
+        f"Growth from the first round's end to the last: {result['growth_first_to_last_mib']:+.1f} MiB; "
+        f"largest step between rounds: {result['largest_round_step_mib']:+.1f} MiB; from the warm-up to the "
+        f"last round: {result['growth_start_to_last_mib']:+.1f} MiB.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------
 # Report
 
@@ -400,17 +462,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--robustness", action="store_true", help="also measure robustness at each run's end")
     parser.add_argument("--session-ttl", type=float, default=10.0, help="seconds a session is kept (JP_SESSION_TTL)")
     parser.add_argument("--concurrency", type=int, default=1, help="runs training at once (JP_CONCURRENCY)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "load_test", help="writes OUT.json and OUT.md")
+    parser.add_argument("--rounds", type=int, default=0, help="a soak: this many rounds, memory after each")
+    parser.add_argument("--out", type=Path, default=None, help="writes OUT.json and OUT.md "
+                        "(default: benchmarks/results/load_test, or soak with --rounds)")
     args = parser.parse_args(argv)
     if args.command == "serve":
         serve(args.port, args.session_ttl, args.concurrency, args.queue_size)
         return 0
+    if args.rounds:
+        if not (1 <= args.rounds <= 50 and 1 <= args.clients <= 64 and 1 <= args.runs <= 20):
+            parser.error("keep it bounded: 1-50 rounds, 1-64 clients, 1-20 runs each")
+        result = soak(args.clients, args.rounds, args.runs, args.steps, session_ttl=args.session_ttl)
+        result["environment"] = environment()
+        out = args.out or RESULTS / "soak"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+        out.with_suffix(".md").write_text(soak_markdown(result))
+        print(soak_markdown(result))
+        return 0 if all(r["completed"] == r["expected"] and not r["errors"] for r in result["rounds"]) else 1
     if not (1 <= args.clients <= 64 and 1 <= args.runs <= 20 and 1 <= args.steps <= 5000):
         parser.error("keep it bounded: 1-64 clients, 1-20 runs each, 1-5000 steps")
     result = load_test(args.clients, args.runs, args.steps, robustness=args.robustness,
                        session_ttl=args.session_ttl, concurrency=args.concurrency)
     result["environment"] = environment()
-    write(result, args.out)
+    write(result, args.out or RESULTS / "load_test")
     print(markdown(result))
     return 0 if result["completed"] == result["expected"] and not result["errors"] else 1
 

@@ -10,6 +10,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import models
@@ -39,12 +40,12 @@ class ConfigError(ValueError):
 
 
 # Each field as people see it in the app and the CLI's help: messages name fields this way.
-LABELS = {
+LABELS = MappingProxyType({
     "penalty": "penalty λ", "num_projections": "projections per step", "batch_size": "batch size",
     "lr": "learning rate", "time_budget": "time budget (s)", "report_every": "steps between reports",
     "eval_every": "steps between evaluations", "num_classes": "number of classes", "width": "MLP width",
     "depth": "MLP depth",
-}
+})
 
 
 def label(name: str) -> str:

@@ -78,3 +78,27 @@ def test_percentiles():
     assert load_test.percentile([3.0, 1.0, 2.0, 4.0], 50) == 2.0
     assert load_test.percentile([3.0, 1.0, 2.0, 4.0], 95) == 4.0
     assert load_test.percentile([], 50) != load_test.percentile([], 50)  # NaN
+
+
+SOAK_STEP_BOUND_MIB = 40.0  # allocator noise between rounds; a leak of every session's runs is far more
+
+
+@pytest.fixture(scope="module")
+def soaked():
+    return load_test.soak(clients=2, rounds=3, runs=1, steps=30, session_ttl=3.0)
+
+
+def test_a_soak_completes_every_round_and_its_memory_does_not_climb(soaked):
+    rounds = soaked["rounds"]
+    assert [r["completed"] for r in rounds] == [r["expected"] for r in rounds] == [2, 2, 2]
+    assert all(not r["errors"] and r["live_after"] == 0 for r in rounds)
+    after = [r["rss_after_mib"] for r in rounds]
+    # Each round ends where the previous one did, within the allocator's noise, rather than adding
+    # its sessions' runs on top (a run's weights and record are a few MiB each).
+    assert soaked["largest_round_step_mib"] < SOAK_STEP_BOUND_MIB, after
+    assert soaked["growth_first_to_last_mib"] < SOAK_STEP_BOUND_MIB, after
+
+
+def test_the_soak_report_is_written(soaked):
+    text = load_test.soak_markdown({**soaked, "environment": load_test.environment()})
+    assert "| 3 | 2 of 2 | 0 |" in text and "Growth from the first round" in text

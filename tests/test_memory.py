@@ -31,7 +31,10 @@ def measured_peak_mb(arch: str, method: str, num_projections: int, batch: int, c
     return bench.peak_memory_mb(step, CPU, lambda: model.zero_grad(set_to_none=True))
 
 
-@pytest.mark.parametrize(("arch", "method", "n"), [("lenet", "exact", 1), ("vit", "exact", 1), ("vit", "projection", 3)])
+CASES = [("lenet", "exact", 1), ("vit", "exact", 1), ("vit", "projection", 3)]
+
+
+@pytest.mark.parametrize(("arch", "method", "n"), CASES)
 def test_the_estimate_is_within_a_factor_of_the_measured_peak(arch, method, n):
     probe = memory.measure_probe(arch, (1, 8, 8), 10, CPU)
     cfg = RunConfig(dataset="digits", arch=arch, method=method, num_projections=n, batch_size=96, robustness=False)

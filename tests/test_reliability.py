@@ -249,7 +249,7 @@ CLI_HOSTILE = [
     (["--batch-size", "0x10"], "batch size"),
     (["--num-projections", "65"], "num_projections"),
     (["--seed", "-1"], "seed"),
-    (["--time-budget", "nan"], "time_budget"),
+    (["--time-budget", "nan"], "time budget"),
     (["--dataset", "../../etc/passwd"], "Unknown dataset"),
     (["--arch", "/tmp/evil.py"], "Unknown architecture"),
     (["--device", "tpu"], "Unknown device"),

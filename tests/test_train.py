@@ -180,13 +180,13 @@ def test_robustness_sanity_on_a_trained_model():
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"penalty": float("nan")}, "penalty .lambda. must be a finite number"),
+        ({"penalty": float("nan")}, "penalty λ .lambda. must be a finite number"),
         ({"penalty": float("inf")}, "finite"),
         ({"penalty": -0.1}, "at least 0"),
         ({"steps": 0}, "steps must be between 1"),
         ({"steps": 2.5}, "steps must be a whole number"),
-        ({"batch_size": 10**9}, "batch_size must be between"),
-        ({"num_projections": 0}, "num_projections must be between 1"),
+        ({"batch_size": 10**9}, "batch size must be between"),
+        ({"num_projections": 0}, "projections per step .num_projections. must be between 1"),
         ({"lr": 0.0}, "learning rate must be greater than 0"),
         ({"dataset": "../../etc/passwd"}, "Unknown dataset"),
         ({"arch": "gpt"}, "Unknown architecture 'gpt'"),

@@ -18,7 +18,7 @@ from demo.config import shown
 # Runs one request may name: a session keeps at most JP_MAX_RUNS (20 by default), and a longer
 # list only makes the server look up the same few runs thousands of times.
 MAX_CHOSEN = 20
-MAX_ID_LENGTH = 12
+MAX_ID_LENGTH = 40  # characters of a run id as text; longer is not a run's name
 
 
 def refuse(message: str) -> gr.Error:

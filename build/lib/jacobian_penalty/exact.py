@@ -6,18 +6,22 @@ one pass through f, so the cheaper direction is the smaller of C and D: forward 
 low-dimensional inputs with many outputs (2-D points and 1000 classes: 2 JVPs instead of 1000
 VJPs), reverse mode otherwise.
 
-In reverse mode the C rows are taken `rows` at a time. Batching rows (`is_grads_batched`, a vmap
-over the backward) does the same arithmetic plus vmap's overhead in the double backward; on a
-CPU with a graph it was about 2x slower than one row at a time (benchmarks/results), so there
-the default is one row per pass, which is the forum thread's loop with a cheaper square. Without
-a graph (reporting), or on a GPU, where one backward pass is launch-bound, rows are batched up
-to a memory bound.
+In reverse mode the C rows are taken `rows` at a time. With a graph (training) batched rows go
+through functorch (`torch.func.vjp`, vmapped over the one-hot cotangents): about 2x faster than
+autograd's `is_grads_batched`. On a CPU that pays only for dense models (Linear layers and
+elementwise ops: 10 rows a pass were 10-20% faster than the forum thread's loop), not for
+convolutions (about 80% slower) or anything else we could not measure, which take one row per
+pass: the thread's loop, with a cheaper square (benchmarks/results/library_comparison_cpu.md). On
+a GPU, where one backward pass is launch-bound, and without a graph (reporting), rows are batched
+up to a memory bound.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from jacobian_penalty.guards import Forward, ForwardModeUnavailable
 from jacobian_penalty.ops import sum_of_squares
@@ -25,29 +29,68 @@ from jacobian_penalty.ops import sum_of_squares
 # Bytes that one batched pass may spend on its (rows, B, D) block of VJPs when the rows are
 # batched; the graph through f is a multiple of this, so keep it modest.
 ROW_BLOCK_BYTES = 32 * 2**20
+DENSE_CPU_ROWS = 10  # rows a pass for dense models on a CPU with a graph (measured best of 1, 10, all)
+# Modules of a "dense" model: matrix products and elementwise or per-sample ops.
+_DENSE = (
+    nn.Linear, nn.Bilinear, nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.LayerNorm,
+    nn.Tanh, nn.ReLU, nn.GELU, nn.Sigmoid, nn.SiLU, nn.ELU, nn.LeakyReLU, nn.Softplus, nn.Mish, nn.Hardtanh,
+    nn.Softmax, nn.LogSoftmax,
+)
 
 
-def rows_per_pass(y_flat: Tensor, x: Tensor, create_graph: bool, chunk_size: int | None) -> int:
+def batches_rows(f: Callable, x: Tensor, create_graph: bool, chunk_size: int | None) -> bool:
+    """Whether reverse mode will take several rows per pass (decided before the forward pass)."""
+    if chunk_size is not None:
+        return chunk_size > 1
+    return not (create_graph and x.device.type == "cpu") or _dense(f)
+
+
+def rows_per_pass(f: Callable, y_flat: Tensor, x: Tensor, create_graph: bool, chunk_size: int | None) -> int:
     batch, outputs = y_flat.shape
     if chunk_size is not None:
         return min(chunk_size, outputs)
-    if create_graph and x.device.type == "cpu":
+    if not batches_rows(f, x, create_graph, chunk_size):
         return 1
+    if create_graph and x.device.type == "cpu":
+        return min(DENSE_CPU_ROWS, outputs)
     per_row = batch * x[0].numel() * x.element_size()
     return max(1, min(outputs, ROW_BLOCK_BYTES // max(per_row, 1)))
 
 
+def _dense(f: Callable) -> bool:
+    """f is a module (or a module's bound method) built of Linear layers and elementwise ops only."""
+    root = f if isinstance(f, nn.Module) else getattr(f, "__self__", None)
+    if not isinstance(root, nn.Module):
+        return False  # a plain function: nothing to inspect
+    leaves = [m for m in root.modules() if not list(m.children())]
+    return bool(leaves) and all(isinstance(m, _DENSE) for m in leaves)
+
+
 def squared_norms(
-    forward: Forward, x: Tensor, y_flat: Tensor, *, create_graph: bool, chunk_size: int | None
+    forward: Forward,
+    x: Tensor,
+    y: Tensor,
+    *,
+    create_graph: bool,
+    chunk_size: int | None,
+    vjp_fn: Callable[[Tensor], tuple[Tensor, ...]] | None = None,
 ) -> Tensor:
-    """||J_b||_F^2 for every sample, shape (B,). y_flat = f(x).reshape(B, C), with x's graph."""
+    """||J_b||_F^2 for every sample, shape (B,). y = f(x) with x's graph; vjp_fn, if given, is
+    torch.func's VJP function of the same pass (used for batched rows with a graph)."""
+    y_flat = y.reshape(y.shape[0], -1)
     inputs, outputs = x[0].numel(), y_flat.shape[1]
     if inputs < outputs and chunk_size is None:
         try:
             return _by_columns(forward, x, create_graph)
         except ForwardModeUnavailable:
             pass  # an op without a forward-mode rule: reverse mode works everywhere
-    return _by_rows(y_flat, x, create_graph, rows_per_pass(y_flat, x, create_graph, chunk_size))
+    rows = rows_per_pass(forward.f, y_flat, x, create_graph, chunk_size)
+    if rows > 1 and vjp_fn is not None:
+        try:
+            return _by_batched_rows(vjp_fn, y, rows, create_graph)
+        except RuntimeError:
+            pass  # an op without a batching rule for its backward: autograd's loop works everywhere
+    return _by_rows(y_flat, x, create_graph, rows)
 
 
 def _by_rows(y_flat: Tensor, x: Tensor, create_graph: bool, rows: int) -> Tensor:
@@ -56,20 +99,40 @@ def _by_rows(y_flat: Tensor, x: Tensor, create_graph: bool, rows: int) -> Tensor
     total = None
     for start in range(0, outputs, rows):
         stop = min(start + rows, outputs)
-        grad_outputs = _one_hot(y_flat, start, stop)  # (K, B, C)
         # retain_graph: the caller still backpropagates its loss through y.
         if stop - start == 1:
-            (vjp,) = torch.autograd.grad(
-                y_flat, x, grad_outputs[0], retain_graph=True, create_graph=create_graph
-            )  # (B, ...)
-            vjps = vjp.unsqueeze(0)
+            grad_outputs = torch.zeros_like(y_flat)  # (B, C): row `start` of every sample
+            grad_outputs[:, start] = 1
+            (vjp,) = torch.autograd.grad(y_flat, x, grad_outputs, retain_graph=True, create_graph=create_graph)
+            vjps = vjp.unsqueeze(0)  # (1, B, ...)
         else:
             (vjps,) = torch.autograd.grad(
-                y_flat, x, grad_outputs, retain_graph=True, create_graph=create_graph, is_grads_batched=True
+                y_flat, x, _one_hot(y_flat, start, stop), retain_graph=True, create_graph=create_graph,
+                is_grads_batched=True,
             )  # (K, B, ...)
-        part = sum_of_squares(vjps).sum(dim=0)  # (B,)
+        part = _detached_unless(create_graph, sum_of_squares(vjps).sum(dim=0))  # (B,)
         total = part if total is None else total + part
     return total
+
+
+def _by_batched_rows(vjp_fn: Callable, y: Tensor, rows: int, create_graph: bool) -> Tensor:
+    """As _by_rows, `rows` cotangents at a time through torch.func.vmap over vjp_fn."""
+    batch = y.shape[0]
+    y_flat = y.reshape(batch, -1)
+    outputs = y_flat.shape[1]
+    total = None
+    for start in range(0, outputs, rows):
+        stop = min(start + rows, outputs)
+        cotangents = _one_hot(y_flat, start, stop).reshape(stop - start, *y.shape)  # (K, B, ...)
+        (vjps,) = torch.func.vmap(vjp_fn)(cotangents)  # (K, B, ...)
+        part = _detached_unless(create_graph, sum_of_squares(vjps).sum(dim=0))
+        total = part if total is None else total + part
+    return total
+
+
+def _detached_unless(create_graph: bool, t: Tensor) -> Tensor:
+    # Without a graph, each chunk's graph is freed before the next one is built.
+    return t if create_graph else t.detach()
 
 
 def _by_columns(forward: Forward, x: Tensor, create_graph: bool) -> Tensor:
@@ -89,7 +152,12 @@ def _by_columns(forward: Forward, x: Tensor, create_graph: bool) -> Tensor:
 
 
 def _one_hot(y_flat: Tensor, start: int, stop: int) -> Tensor:
-    """grad_outputs selecting output rows start..stop-1 of every sample: (K, B, C)."""
+    """grad_outputs selecting output rows start..stop-1 of every sample: (K, B, C).
+
+    Materialised, not an expanded view of an identity: the backward's first matmul with a
+    stride-0 operand took about 15% longer per row (tanh MLP, C = 100, on a CPU).
+    """
     batch, outputs = y_flat.shape
-    eye = torch.eye(outputs, dtype=y_flat.dtype, device=y_flat.device)[start:stop]  # (K, C)
-    return eye.unsqueeze(1).expand(stop - start, batch, outputs)
+    rows = torch.zeros(stop - start, batch, outputs, dtype=y_flat.dtype, device=y_flat.device)
+    rows[:, :, start:stop] = torch.eye(stop - start, dtype=y_flat.dtype, device=y_flat.device).unsqueeze(1)
+    return rows

@@ -120,13 +120,17 @@ def jacobian_penalty(
     x_in = x if x.requires_grad else x.detach().requires_grad_(True)
     forward = Forward(f, x_in, double_backward=True, forward_mode=method == "exact", coupling=coupling,
                       replay=method == "exact")
-    y = forward(x_in)
-    y_flat = y.reshape(y.shape[0], -1)  # (B, C)
+    vjp_fn = None
+    if method == "exact" and create_graph and exact.batches_rows(f, x_in, create_graph, chunk_size):
+        y, vjp_fn = forward.with_vjp(x_in)
+    else:
+        y = forward(x_in)
     try:
         if method == "exact":
-            sq_norms = exact.squared_norms(forward, x_in, y_flat, create_graph=create_graph, chunk_size=chunk_size)
+            sq_norms = exact.squared_norms(forward, x_in, y, create_graph=create_graph, chunk_size=chunk_size,
+                                           vjp_fn=vjp_fn)
         else:
-            sq_norms = _projection(y_flat, x_in, num_projections, create_graph, generator)
+            sq_norms = _projection(y.reshape(y.shape[0], -1), x_in, num_projections, create_graph, generator)
     finally:
         forward.finish()
     penalty = sq_norms.mean()
@@ -143,8 +147,7 @@ def jacobian_norms(
         forward = Forward(f, x_in, double_backward=False, forward_mode=True, coupling=coupling, replay=True)
         y = forward(x_in)
         try:
-            sq = exact.squared_norms(forward, x_in, y.reshape(y.shape[0], -1), create_graph=False,
-                                     chunk_size=chunk_size)
+            sq = exact.squared_norms(forward, x_in, y, create_graph=False, chunk_size=chunk_size)
         finally:
             forward.finish()
     return sq.detach().sqrt()
