@@ -14,7 +14,8 @@ from pathlib import Path
 
 import models
 from demo import data, distributed, outputs
-from demo.config import ConfigError, RunConfig
+from demo import sweep as sweeps
+from demo.config import REGULARIZERS, ConfigError, RunConfig
 from demo.record import Recorder, to_json
 from demo.train import Progress, Robustness, Started, resolve_device, train
 from jacobian_penalty import METHODS
@@ -44,6 +45,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", type=Path, help="write the run record (config, history, final, robustness)")
     run.add_argument("--weights", type=Path, help="write the trained weights as safetensors")
     run.add_argument("--quiet", action="store_true", help="print only the final summary")
+    sweeping = sub.add_parser("sweep", help="one run per strength (and regulariser); the trade-off table")
+    _add_config_flags(sweeping)
+    sweeping.add_argument("--penalties", nargs="+", required=True, metavar="STRENGTH",
+                          help="the strengths to train with, in this order (lambda, or epsilon for adversarial)")
+    sweeping.add_argument("--regularizers", nargs="+", default=None, metavar="NAME",
+                          help=f"regularisers to compare, each at every strength ({', '.join(REGULARIZERS)}); "
+                               "default: --regularizer")
+    sweeping.add_argument("--epsilon", type=float, default=0.1, help="the PGD epsilon of the robust accuracy column")
+    sweeping.add_argument("--json", type=Path, required=True, help='write {"runs": [run record, ...]}')
+    sweeping.add_argument("--csv", type=Path, help="write the trade-off table as CSV")
+    sweeping.add_argument("--quiet", action="store_true", help="print only the table")
     sub.add_parser("list", help="list datasets, architectures and penalty methods")
     bench = sub.add_parser("bench", help="measure each method's cost (benchmarks/penalty_cost.py)")
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")
@@ -165,10 +177,13 @@ def _summary(record: dict) -> None:
     print(f"test accuracy {final.get('test_accuracy', float('nan')):.4f}   "
           f"mean ||J||_F {final.get('jacobian_norm', float('nan')):.4f}   "
           f"{final.get('steps', 0)} steps in {final.get('elapsed', 0):.1f} s")
-    for attack, key in (("noise", "sigma"), ("fgsm", "epsilon"), ("pgd", "epsilon")):
+    for attack, key in (("noise", "sigma"), ("fgsm", "epsilon"), ("pgd", "epsilon"), ("square", "epsilon"),
+                        ("apgd", "epsilon")):
         rows = record["robustness"].get(attack, [])
         if rows:
-            print(f"{attack:>5}: " + "  ".join(f"{key}={r[key]:g}: {r['accuracy']:.3f}" for r in rows))
+            print(f"{attack:>6}: " + "  ".join(f"{key}={r[key]:g}: {r['accuracy']:.3f}" for r in rows))
+    for flag in record.get("robustness_checks", []):
+        print(f"warning: {flag}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,7 +197,58 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         _list()
         return 0
+    if args.command == "sweep":
+        return _sweep(args)
     return _train(args)
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """Every config of the sweep trained in turn; the JSON and CSV written atomically at the end,
+    and after each run, so an interrupted sweep keeps the runs it finished."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
+    try:
+        configs = sweeps.configs(RunConfig.from_mapping(values), args.penalties, args.regularizers)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    problem = next(filter(None, map(outputs.problem, (args.json, args.csv))), None)
+    if problem is None and args.csv is not None and outputs.clash(args.json, args.csv):
+        problem = "--json and --csv name the same file; give each its own."
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    records: list[dict] = []
+    try:
+        for index, cfg in enumerate(configs, start=1):
+            if not args.quiet:
+                print(f"run {index} of {len(configs)}: {cfg.regularizer} {cfg.penalty:g}", file=sys.stderr, flush=True)
+            recorder = Recorder(cfg)
+            for event in train(cfg):
+                recorder.add(event)
+            records.append(recorder.record)
+            _write_sweep(args, records)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {len(records)} finished run(s) kept", file=sys.stderr)
+    except (ConfigError, data.DatasetUnavailable) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        print(f"error: writing the sweep's files failed: {exc.strerror or exc}.", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    rows = sweeps.table(records, args.epsilon)
+    print(f"{'regularizer':<15}{'strength':>9}{'test acc':>10}{'PGD acc':>9}{'Square':>8}{'||J||_F':>9}"
+          f"{'ms/step':>9}  pareto")
+    for r in rows:
+        print(f"{r['regularizer']:<15}{r['penalty']:>9g}{r['test_accuracy']:>10.3f}{r['robust_accuracy']:>9.3f}"
+              f"{r['square_accuracy']:>8.3f}{r['jacobian_norm']:>9.3g}{r['ms_per_step']:>9.2f}  "
+              f"{'*' if r['pareto'] else ''}")
+    return 0
+
+
+def _write_sweep(args: argparse.Namespace, records: list[dict]) -> None:
+    outputs.write_atomic(args.json, to_json({"runs": records}, indent=1).encode())
+    if args.csv:
+        outputs.write_atomic(args.csv, sweeps.to_csv(sweeps.table(records, args.epsilon)).encode())
 
 
 if __name__ == "__main__":

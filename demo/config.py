@@ -18,6 +18,15 @@ from demo import data
 from jacobian_penalty import METHODS
 
 TARGETS = ("logits", "features")
+# What `penalty` (the strength) means for each regulariser, in the words the app and CLI use.
+REGULARIZERS = MappingProxyType({
+    "jacobian": "penalty λ on ‖J(x)‖²_F, the squared Frobenius norm of the input-output Jacobian",
+    "input_gradient": "penalty λ on ‖∇ₓ loss‖², double backpropagation (Drucker & LeCun 1992)",
+    "adversarial": "training ε: train on PGD examples within this L∞ radius (Madry et al. 2018); 0: clean data",
+    "spectral": "on when > 0: every layer's weight divided by its largest singular value (spectral normalisation)",
+    "weight_decay": "penalty λ on ‖θ‖², the squared norm of the weights",
+})
+MAX_ADVERSARIAL_EPSILON = 1.0  # input units: images span [0, 1]
 OPTIMIZERS = ("adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -81,7 +90,9 @@ class RunConfig:
     num_classes: int = 100  # classes of the synthetic many-class set
     width: int = 256  # mlp hidden width
     depth: int = 2  # mlp hidden layers
-    robustness: bool = True  # measure accuracy under noise, FGSM and PGD at the end
+    robustness: bool = True  # measure accuracy under noise, FGSM, PGD and Square at the end
+    regularizer: str = "jacobian"  # what `penalty` sets: jacobian, input_gradient, adversarial, spectral, weight_decay
+    thorough: bool = False  # robustness: also APGD, and Square with more queries on more points (slower)
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -164,6 +175,7 @@ def _problems(cfg: RunConfig) -> list[str]:
         _choice("target", cfg.target, TARGETS),
         _choice("optimizer", cfg.optimizer, OPTIMIZERS),
         _choice("device", cfg.device, DEVICES),
+        _choice("regularizer", cfg.regularizer, tuple(REGULARIZERS)),
         _number("penalty λ (lambda)", cfg.penalty, 0.0, MAX_PENALTY),
         _integer("projections per step (num_projections)", cfg.num_projections, 1, MAX_PROJECTIONS),
         _integer("steps", cfg.steps, 1, MAX_STEPS),
@@ -178,8 +190,15 @@ def _problems(cfg: RunConfig) -> list[str]:
         _integer("MLP width", cfg.width, 1, MAX_WIDTH),
         _integer("MLP depth", cfg.depth, 1, MAX_DEPTH),
         None if isinstance(cfg.robustness, bool) else f"robustness must be true or false, got {shown(cfg.robustness)}.",
+        None if isinstance(cfg.thorough, bool) else f"thorough must be true or false, got {shown(cfg.thorough)}.",
     ]
     problems = [p for p in checks if p]
+    if not problems and cfg.regularizer != "jacobian" and cfg.target != "logits":
+        problems.append(f"The target (logits or features) applies to the Jacobian penalty only; the "
+                        f"{cfg.regularizer} regulariser works on the loss of the logits: keep target 'logits'.")
+    if not problems and cfg.regularizer == "adversarial" and cfg.penalty > MAX_ADVERSARIAL_EPSILON:
+        problems.append(f"The training ε of adversarial training must be at most {MAX_ADVERSARIAL_EPSILON:g} "
+                        f"(inputs span [0, 1]), got {cfg.penalty:g}.")
     if not problems:
         shape = data.input_shape(cfg.dataset)
         reason = models.incompatibility(cfg.arch, shape, dataset=cfg.dataset)

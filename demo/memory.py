@@ -8,9 +8,9 @@ per VJP (or JVP) it keeps for the backward pass:
 
 with one(B) and two(B) measured on the real model by a probe (a forward + backward whose penalty
 keeps one and two VJP graphs: exact on the first one and two outputs, at two small batches,
-peak memory from torch's allocator, fitted as a + b B), and k = num_projections for projection,
-jvp and fd, and min(C, D) for exact (every row's, or column's, graph lives until the caller's
-backward); a plain step (lambda = 0) is measured as such. Evaluation and the attacks run on up to
+peak memory from torch's allocator, fitted as a + b B), and k = num_projections for projection
+and fd, three times that for jvp, and min(C, D) for exact (every row's, or column's, graph lives
+until the caller's backward); a plain step (lambda = 0) is measured as such. Evaluation and the attacks run on up to
 ROBUSTNESS_SAMPLES test points: plain(ROBUSTNESS_SAMPLES) bounds them. Parameters, gradients and
 Adam's two moments come on top. benchmarks/memory_model.py checks the model against measured
 peaks; docs/memory.md gives its measured error.
@@ -107,14 +107,22 @@ def available_mb() -> float:
 
 def graphs_held(cfg: RunConfig, shape: tuple[int, ...], num_classes: int) -> int:
     """How many VJP/JVP graphs one training step keeps for its backward pass."""
-    if cfg.penalty == 0:
+    if cfg.penalty == 0 or cfg.regularizer in ("spectral", "weight_decay"):
         return 0
+    if cfg.regularizer == "input_gradient":
+        return 1  # one double-backward graph, like one projection
+    if cfg.regularizer == "adversarial":
+        return 0  # the PGD examples are made without a parameter graph; the step itself is plain
     if cfg.method == "exact":
         inputs = 1
         for d in shape:
             inputs *= d
         outputs = num_classes if cfg.target == "logits" else _feature_width(cfg, shape, num_classes)
         return min(outputs, inputs)
+    if cfg.method == "jvp":
+        # Forward mode keeps the tangent pass's activations beside the primal's, then backpropagates
+        # through both: resnet's jvp step measured 2x a projection's, as three of its graphs.
+        return 3 * cfg.num_projections
     return cfg.num_projections
 
 

@@ -160,9 +160,10 @@ def steps_figure(runs: Sequence[Run], panels: Sequence[Panel], *, title: str | N
     return _layout(fig, title)
 
 
-def robustness_figure(runs: Sequence[Run], attacks: Sequence[str] = ("noise", "fgsm", "pgd")) -> go.Figure:
+def robustness_figure(runs: Sequence[Run], attacks: Sequence[str] = ("noise", "fgsm", "pgd", "square")) -> go.Figure:
     """Accuracy against the attack's strength, one panel per attack, one curve per run."""
-    titles = {"noise": "Gaussian noise", "fgsm": "FGSM (L∞)", "pgd": "PGD (L∞)"}
+    titles = {"noise": "Gaussian noise", "fgsm": "FGSM (L∞)", "pgd": "PGD (L∞)", "square": "Square (no gradient)",
+              "apgd": "APGD (L∞)"}
     fig = make_subplots(
         rows=1, cols=len(attacks), subplot_titles=[titles.get(a, a) for a in attacks], shared_yaxes=True
     )

@@ -10,7 +10,9 @@ Schema (also the CLI's `--json`):
                jacobian_norm_estimate, samples_per_s, elapsed}],
     evaluations: [{step, test_accuracy, jacobian_norm, elapsed}],
     final: {steps, test_accuracy, jacobian_norm, train_accuracy, elapsed, samples_per_s},
-    robustness: {noise: [{sigma, accuracy}], fgsm: [{epsilon, accuracy}], pgd: [...]}
+    robustness: {noise: [{sigma, accuracy}], fgsm: [{epsilon, accuracy}], pgd: [...], square: [...],
+                 unbounded: [...], apgd: [...] (thorough only)},
+    robustness_checks: [plain sentences: signs of gradient masking; empty when none]
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def new_record(cfg: RunConfig) -> dict[str, Any]:
         "evaluations": [],
         "final": {},
         "robustness": {},
+        "robustness_checks": [],
     }
 
 
@@ -65,6 +68,7 @@ class Recorder:
             record["final"] = _partial_final(record)
         elif isinstance(event, Robustness):
             record["robustness"] = event.results
+            record["robustness_checks"] = list(event.checks)
         elif isinstance(event, Finished):
             record["status"] = event.status
             record["message"] = event.message

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 import models
 from demo import data as datasets
-from demo import distributed, robustness
+from demo import distributed, regularizers, robustness, thorough
 from demo.config import ConfigError, RunConfig
 from jacobian_penalty import check_samples_independent, jacobian_norms, jacobian_penalty
 
@@ -82,7 +82,9 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class Robustness:
-    results: dict[str, list[dict[str, float]]]  # noise / fgsm / pgd -> [{sigma|epsilon, accuracy}]
+    # noise / fgsm / pgd / square / unbounded (/ apgd) -> [{sigma|epsilon, accuracy}]
+    results: dict[str, list[dict[str, float]]]
+    checks: tuple[str, ...] = ()  # plain sentences: signs of gradient masking in the results
 
 
 @dataclass(frozen=True)
@@ -108,11 +110,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_model(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """The run's model, initialised from cfg.seed without touching the caller's RNG."""
+    """The run's model, initialised from cfg.seed without touching the caller's RNG; with
+    spectral normalisation on every linear and convolutional layer when that is the regulariser."""
     options = {"width": cfg.width, "depth": cfg.depth} if cfg.arch == "mlp" else {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return models.build(cfg.arch, input_shape, num_classes, **options)
+        model = models.build(cfg.arch, input_shape, num_classes, **options)
+        if cfg.regularizer == "spectral" and cfg.penalty > 0:
+            regularizers.spectral_normalise(model)
+        return model
 
 
 def train(cfg: RunConfig) -> Iterator[Event]:
@@ -204,9 +210,12 @@ def _run(cfg: RunConfig, model: nn.Module, data: datasets.Dataset, device: torch
         out_of_time = cfg.time_budget > 0 and distributed.any_rank(elapsed >= cfg.time_budget, device)
         reporting = step % cfg.report_every == 0 or step == cfg.steps or out_of_time
         count = step - (history[-1]["step"] if history else 0)
-        if penalty is None and reporting:
+        if penalty is None and reporting and cfg.regularizer == "jacobian":
             # Counted as if every step of the window had this estimate, so the mean below holds.
             penalty = _report_estimate(cfg, penalised, x, probes) * count
+        # Another regulariser's own term is its penalty; ||J|| is then estimated on report steps.
+        jacobian_estimate = (_report_estimate(cfg, penalised, x, probes)
+                             if reporting and cfg.regularizer != "jacobian" else None)
         # Accumulate on the device: a host sync only at report time.
         sums += torch.stack([ce.detach(), torch.zeros_like(ce) if penalty is None else penalty.detach(), correct])
         samples_in_window += x.shape[0]
@@ -226,7 +235,8 @@ def _run(cfg: RunConfig, model: nn.Module, data: datasets.Dataset, device: torch
                 "penalty": pen_mean,
                 "weighted_penalty": cfg.penalty * pen_mean,
                 "train_accuracy": correct_sum / samples_in_window,
-                "jacobian_norm_estimate": math.sqrt(max(pen_mean, 0.0)),
+                "jacobian_norm_estimate": math.sqrt(max(pen_mean if jacobian_estimate is None
+                                                        else float(jacobian_estimate), 0.0)),
                 "samples_per_s": samples_in_window / max(now - last_report, 1e-9),
                 "elapsed": now - start,
             }
@@ -260,7 +270,7 @@ def _run(cfg: RunConfig, model: nn.Module, data: datasets.Dataset, device: torch
     evaluations.append(_eval_record(evaluation))
     yield evaluation
     if cfg.robustness:
-        yield Robustness(_robustness(model, data, cfg.seed))
+        yield _robustness(model, data, cfg.seed, cfg.thorough)
     final = final_metrics(history, evaluations, step, cfg.batch_size * world)
     yield Finished(status, message, final, tuple(history), tuple(evaluations), evaluation.state_dict)
 
@@ -268,6 +278,8 @@ def _run(cfg: RunConfig, model: nn.Module, data: datasets.Dataset, device: torch
 def _step(cfg, model, penalised, optimizer, params, x, y, probes) -> tuple[Tensor, Tensor | None, Tensor]:
     """One optimisation step; returns (cross-entropy, penalty estimate or None if lambda = 0,
     correct count) as tensors."""
+    if cfg.regularizer != "jacobian":
+        return regularizers.step(cfg, model, penalised, optimizer, params, x, y, probes)
     if cfg.penalty > 0:
         out, penalty = jacobian_penalty(
             penalised, x, method=cfg.method, num_projections=cfg.num_projections, generator=probes
@@ -362,18 +374,18 @@ def _eval_record(evaluation: Evaluation) -> dict[str, float]:
     return record
 
 
-def _robustness(model: nn.Module, data: datasets.Dataset, seed: int) -> dict[str, list[dict[str, float]]]:
+def _robustness(model: nn.Module, data: datasets.Dataset, seed: int, thorough_evaluation: bool) -> Robustness:
+    """Noise, FGSM and PGD; the gradient-free Square attack, PGD at an epsilon that reaches any input
+    (and APGD when thorough); and the signs of gradient masking those results show."""
     sigmas, epsilons = robustness.default_grid(data.kind)
-    return robustness.evaluate(
-        model,
-        data.x_test[:ROBUSTNESS_SAMPLES],
-        data.y_test[:ROBUSTNESS_SAMPLES],
-        value_range=data.value_range,
-        sigmas=sigmas,
-        epsilons=epsilons,
-        pgd_steps=PGD_STEPS,
-        seed=seed,
+    x, y = data.x_test[:ROBUSTNESS_SAMPLES], data.y_test[:ROBUSTNESS_SAMPLES]
+    results = robustness.evaluate(
+        model, x, y, value_range=data.value_range, sigmas=sigmas, epsilons=epsilons, pgd_steps=PGD_STEPS, seed=seed,
     )
+    results.update(thorough.evaluate(model, x, y, value_range=data.value_range, epsilons=epsilons, kind=data.kind,
+                                     seed=seed, thorough=thorough_evaluation, pgd_steps=PGD_STEPS))
+    flags = thorough.masking_flags(results, kind=data.kind, num_classes=data.num_classes)
+    return Robustness(results, tuple(flags))
 
 
 def final_metrics(history: list[dict], evaluations: list[dict], step: int, batch_size: int) -> dict[str, float]:

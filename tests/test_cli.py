@@ -134,3 +134,24 @@ def test_write_atomic_leaves_the_old_file_or_the_whole_new_one(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temporary file left
     write_atomic(target, b"second")
     assert target.read_bytes() == b"second"
+
+
+def test_the_weights_carry_their_config_and_the_readme_reloads_them(tmp_path):
+    """The README's snippet, run as written on weights the CLI wrote, gives the same predictions."""
+    import re
+
+    from demo.__main__ import main
+
+    weights = tmp_path / "w.safetensors"
+    assert main(["train", "--dataset", "moons", "--arch", "mlp", "--steps", "30", "--quiet", "--no-robustness",
+                 "--weights", str(weights)]) == 0
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippet = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "safe_open" in block)
+    namespace: dict = {}
+    exec(snippet.replace("runs/digits.safetensors", str(weights)), namespace)  # noqa: S102 - our own README
+    cfg, model = namespace["cfg"], namespace["model"]
+    assert cfg == RunConfig(dataset="moons", arch="mlp", steps=30, robustness=False)
+    reference = build_model(cfg, (2,), 2)
+    reference.load_state_dict(load_file(str(weights)))
+    x = torch.randn(16, 2)
+    assert torch.equal(model(x), reference(x))

@@ -48,6 +48,7 @@ def test_graphs_held_follow_the_method():
     assert memory.graphs_held(RunConfig(dataset="synthetic", method="exact"), shape, 100) == 100
     assert memory.graphs_held(RunConfig(dataset="moons", method="exact"), (2,), 2) == 2
     assert memory.graphs_held(RunConfig(dataset="synthetic", num_projections=3), shape, 100) == 3
+    assert memory.graphs_held(RunConfig(dataset="synthetic", method="jvp", num_projections=3), shape, 100) == 9
     assert memory.graphs_held(RunConfig(dataset="synthetic", penalty=0.0), shape, 100) == 0
 
 

@@ -100,7 +100,7 @@ def test_thread_panels_draw_the_thread_records():
 
 def test_robustness_figure_has_a_panel_per_attack_and_a_curve_per_run():
     runs = [("λ=0", record(0.0)), ("λ=0.1", record(0.1))]
-    fig = plots.robustness_figure(runs)
+    fig = plots.robustness_figure(runs, ("noise", "fgsm", "pgd"))
     assert len(fig.data) == 6
     by_panel = {}
     for trace in fig.data:
@@ -113,6 +113,8 @@ def test_robustness_figure_has_a_panel_per_attack_and_a_curve_per_run():
     assert [t.showlegend for t in fig.data if t.name == "λ=0"] == [True, False, False]
     assert [fig.layout.xaxis.title.text, fig.layout.xaxis2.title.text, fig.layout.xaxis3.title.text] == ["σ", "ε", "ε"]
     assert fig.layout.yaxis.title.text == "test accuracy"
+    # By default the gradient-free attack has its own panel too (empty for a record without it).
+    assert len(plots.robustness_figure(runs).data) == 8
     assert [a.text for a in fig.layout.annotations] == ["Gaussian noise", "FGSM (L∞)", "PGD (L∞)"]
 
 

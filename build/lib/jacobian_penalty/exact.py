@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from jacobian_penalty.guards import Forward, ForwardModeUnavailable
+from jacobian_penalty.guards import Forward, ForwardModeUnavailable, functorch_safe
 from jacobian_penalty.ops import sum_of_squares
 
 # Bytes that one batched pass may spend on its (rows, B, D) block of VJPs when the rows are
@@ -42,7 +42,8 @@ def batches_rows(f: Callable, x: Tensor, create_graph: bool, chunk_size: int | N
     """Whether reverse mode will take several rows per pass (decided before the forward pass)."""
     if chunk_size is not None:
         return chunk_size > 1
-    return not (create_graph and x.device.type == "cpu") or _dense(f)
+    # On a CPU with a graph only dense models gain, and only through torch.func (not under DDP).
+    return not (create_graph and x.device.type == "cpu") or (_dense(f) and functorch_safe(f))
 
 
 def rows_per_pass(f: Callable, y_flat: Tensor, x: Tensor, create_graph: bool, chunk_size: int | None) -> int:

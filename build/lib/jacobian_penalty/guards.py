@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.modules import module as module_hooks
@@ -208,7 +209,7 @@ class Forward:
             self._rewind()
         with self._guarded():
             try:
-                y, ju = torch.func.jvp(lambda t: check_output(self.f(t), self.batch), (x,), (u,))
+                y, ju = self._jvp(x, u)
             except NotImplementedError as error:
                 raise ForwardModeUnavailable(_op_name(error)) from error
             except RuntimeError as error:
@@ -225,6 +226,16 @@ class Forward:
         """Remember the present random state as the one to leave behind."""
         if self.replay:
             self._after_first = _RandomState.capture(self.device)
+
+    def _jvp(self, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        if functorch_safe(self.f):
+            return torch.func.jvp(lambda t: check_output(self.f(t), self.batch), (x,), (u,))
+        # DistributedDataParallel cannot run under torch.func's transforms (its reducer touches the
+        # wrapped tensors' storage from the second step on): autograd's own dual numbers instead.
+        with fwAD.dual_level():
+            out = check_output(self.f(fwAD.make_dual(x, u)), self.batch)
+            y, ju = fwAD.unpack_dual(out)
+        return y, ju
 
     def finish(self) -> None:
         """Leave the random state where one forward pass would have left it."""
@@ -269,6 +280,12 @@ class Forward:
             # A forward that raised leaves its flags open: close them on the way out.
             stack.callback(lambda: [flags.close() for stacks in open_flags.values() for flags in stacks])
             yield
+
+
+def functorch_safe(f: Callable) -> bool:
+    """Whether f may run under torch.func's transforms: not a DistributedDataParallel module."""
+    root = f if isinstance(f, nn.Module) else getattr(f, "__self__", None)
+    return not isinstance(root, nn.parallel.DistributedDataParallel)
 
 
 class ForwardModeUnavailable(ValueError):

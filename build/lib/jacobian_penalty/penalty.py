@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from jacobian_penalty import exact
-from jacobian_penalty.guards import Forward, ForwardModeUnavailable, check_arguments
+from jacobian_penalty.guards import Forward, ForwardModeUnavailable, check_arguments, functorch_safe
 from jacobian_penalty.ops import randn, sum_of_squares
 
 __all__ = ["METHODS", "MethodInfo", "DEFAULT_FD_STEP", "jacobian_penalty", "jacobian_norms", "per_sample_jacobian"]
@@ -121,7 +121,8 @@ def jacobian_penalty(
     forward = Forward(f, x_in, double_backward=True, forward_mode=method == "exact", coupling=coupling,
                       replay=method == "exact")
     vjp_fn = None
-    if method == "exact" and create_graph and exact.batches_rows(f, x_in, create_graph, chunk_size):
+    batched = method == "exact" and create_graph and exact.batches_rows(f, x_in, create_graph, chunk_size)
+    if batched and functorch_safe(f):  # torch.func's VJP, vmapped over rows (DDP cannot run under it)
         y, vjp_fn = forward.with_vjp(x_in)
     else:
         y = forward(x_in)
