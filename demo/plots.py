@@ -381,6 +381,43 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
+def tradeoff_figure(rows: Sequence[Mapping[str, Any]], epsilon: float) -> go.Figure:
+    """A sweep's trade-off: clean against robust accuracy (the Pareto front joined), and ||J||_F
+    against the strength on log axes; one colour per regulariser. Rows as demo.sweep.table gives."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[f"clean vs PGD accuracy at ε = {epsilon:g}",
+                                                        "‖J‖_F against the strength"])
+    regularizers = list(dict.fromkeys(r["regularizer"] for r in rows))
+    positive = [r["penalty"] for r in rows if r["penalty"] > 0]
+    # A log axis has no 0: strength 0 sits a decade below the smallest positive one, labelled "0".
+    zero_at = min(positive) / 10 if positive else 1e-3
+    for index, name in enumerate(regularizers):
+        mine = [r for r in rows if r["regularizer"] == name]
+        color = COLORS[index % len(COLORS)]
+        fig.add_trace(go.Scatter(
+            x=[r["test_accuracy"] for r in mine], y=[r["robust_accuracy"] for r in mine], mode="markers+text",
+            text=[f"{r['penalty']:g}" for r in mine], textposition="top center", name=name, legendgroup=name,
+            marker={"color": color, "size": 10, "symbol": ["star" if r.get("pareto") else "circle" for r in mine]},
+        ), row=1, col=1)
+        ordered = sorted(mine, key=lambda r: r["penalty"])
+        fig.add_trace(go.Scatter(
+            x=[r["penalty"] or zero_at for r in ordered], y=[r["jacobian_norm"] for r in ordered],
+            mode="lines+markers", name=name, legendgroup=name, showlegend=False, line={"color": color},
+        ), row=1, col=2)
+    front = sorted((r for r in rows if r.get("pareto")), key=lambda r: r["test_accuracy"])
+    if front:
+        fig.add_trace(go.Scatter(x=[r["test_accuracy"] for r in front], y=[r["robust_accuracy"] for r in front],
+                                 mode="lines", name="Pareto front", line={"color": "#555", "dash": "dot"}),
+                      row=1, col=1)
+    fig.update_xaxes(title_text="clean test accuracy", row=1, col=1)
+    fig.update_yaxes(title_text="accuracy under PGD", row=1, col=1)
+    ticks = sorted({r["penalty"] or zero_at for r in rows})
+    fig.update_xaxes(title_text="strength (λ, or ε for adversarial)", type="log", tickvals=ticks,
+                     ticktext=["0" if t == zero_at and zero_at not in positive else f"{t:g}" for t in ticks],
+                     row=1, col=2)
+    fig.update_yaxes(title_text="mean ‖J‖_F", type="log", row=1, col=2)
+    return _layout(fig, None)
+
+
 def message_figure(message: str) -> go.Figure:
     """A figure that only says something (why a view is empty, what to do first)."""
     fig = go.Figure()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch
 from torch import Tensor, nn
@@ -37,7 +38,7 @@ APGD_STEPS = 20
 # Accuracy differences below this are noise (Square runs on a subset of the PGD points).
 TOLERANCE = 0.05
 # An epsilon that reaches every input: images span [0, 1]; 2-D points lie within a few units.
-UNBOUNDED_EPSILON = {"image": 1.0, "points": 4.0}
+UNBOUNDED_EPSILON = MappingProxyType({"image": 1.0, "points": 4.0})
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ State: a visitor's runs live in one gr.State per session (demo.views.session), d
 train or measure share the concurrency_id "accelerator" (JP_CONCURRENCY at a time); the queue
 holds JP_QUEUE_SIZE events (demo.limits).
 
-Endpoints (api_name): train, runs, compare, download, jacobian, robustness, perturbed, thread,
+Endpoints (api_name): train, runs, compare, download, jacobian, robustness, perturbed, sweep, thread,
 cost. Stop is a cancel (a headless client calls job.cancel()).
 """
 
@@ -31,6 +31,7 @@ from demo.views import jacobian as jacobian_view
 from demo.views import robustness as robustness_view
 from demo.views import runs as runs_view
 from demo.views import session as sessions
+from demo.views import sweep as sweep_view
 from demo.views import thread as thread_view
 from demo.views import training as training_view
 
@@ -98,6 +99,7 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
                         training = training_view.layout_tab(defaults, buttons)
                     jacobian = jacobian_view.layout()
                     robustness = robustness_view.layout()
+                    sweep = sweep_view.layout()
                     runs = runs_view.layout()
                     thread = thread_view.layout()
                     cost = cost_view.layout()
@@ -110,6 +112,7 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
         jacobian_view.wire(jacobian, session)
         robustness_view.wire(robustness, session)
         runs_view.wire(runs, session)
+        sweep_event = sweep_view.wire(sweep, controls, session, space, estimator)
         thread_view.wire(thread, controls, space, estimator)
         cost_view.wire(cost, controls, space, estimator)
 
@@ -119,6 +122,8 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
                          api_visibility="private", show_progress="hidden")
         stop_event.then(partial(after_stop, views, training.status), session, [training.status, *refreshed],
                         api_visibility="private", show_progress="hidden")
+        sweep_event.then(partial(refresh_views, views), session, refreshed, api_visibility="private",
+                         show_progress="hidden")
     # api_open=False: no REST route around the queue (POST /gradio_api/run/<api> answers 404), so
     # every event that trains or measures waits for the accelerator's concurrency slot.
     demo.queue(max_size=space.queue_size, default_concurrency_limit=space.concurrency, api_open=False)

@@ -58,7 +58,7 @@ def test_every_endpoint_is_named_and_train_has_defaults(client):
     api = client.view_api(return_format="dict", print_info=False)
     named = api["named_endpoints"]
     for name in ("/train", "/runs", "/compare", "/download", "/jacobian", "/robustness", "/perturbed", "/thread",
-                 "/cost"):
+                 "/cost", "/sweep"):
         assert name in named
     params = named["/train"]["parameters"]
     assert [p["parameter_name"] for p in params] == [
@@ -257,3 +257,27 @@ def test_throttle_paces_heavy_updates_and_cancellation_points():
     assert pace.next(final=True) == HEAVY  # and so is the last
     quiet = Throttle(heavy_s=math.inf, skip_s=math.inf)
     assert (quiet.next(), quiet.next()) == (HEAVY, None)
+
+
+def test_sweep_streams_one_run_per_strength_and_keeps_them_in_the_session(client):
+    job = client.submit(dataset="moons", steps=80, strengths="0, 0.1", regularizers=["jacobian", "weight_decay"],
+                        epsilon=0.2, api_name="/sweep")
+    status, figure, table = job.result(timeout=WAIT_S)
+    assert "Run 4 of 4" in status and "complete" in status
+    rows = [dict(zip(table["headers"], row, strict=True)) for row in table["data"]]
+    assert [(r["regulariser"], r["strength"]) for r in rows] == [
+        ("jacobian", 0), ("jacobian", 0.1), ("weight_decay", 0), ("weight_decay", 0.1)]
+    assert any(r["Pareto"] == "★" for r in rows)
+    # The table's numbers are those of the runs the session now holds (the Runs tab's table).
+    kept = runs(client)
+    assert [(r["run"], r["status"]) for r in kept][-4:] == [(i, "completed") for i in range(1, 5)]
+    assert [r["test acc"] for r in kept] == [r["clean acc"] for r in rows]
+    names = {trace.get("name") for trace in plotly(figure)["data"]}
+    assert {"jacobian", "weight_decay"} <= names
+    assert len(job.outputs()) >= 4  # one update per finished run at least: it streams
+
+
+def test_sweep_refuses_bad_strengths_in_plain_words(client):
+    for strengths, words in (("0, lots", "Each strength"), ("", "1 to 10"), ("0, 2e9", "Each strength")):
+        with pytest.raises(AppError, match=words):
+            client.predict(dataset="moons", steps=10, strengths=strengths, api_name="/sweep")

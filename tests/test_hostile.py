@@ -31,6 +31,7 @@ THREAD = {"dataset": "moons", "arch": "mlp", "seed": 0, "batch_size": 32, "lr": 
 COST = {"arch": "mlp", "dataset": "moons", "device": "cpu", "classes": [10], "methods": ["projection"],
         "batch_size": 8}
 JACOBIAN = {"run": "1", "compare": "", "example": 0}
+SWEEP = {**TRAIN, "strengths": "0, 0.01", "regularizers": ["jacobian"], "epsilon": 0.1}
 PERTURBED = {"run": "1", "attack": "noise", "strength": 0.1}
 
 # (case id, endpoint, defaults, field or None, literal JSON for that field (or the whole data list when
@@ -82,6 +83,15 @@ HOSTILE = [
     ("download-path", "download", {"run": ""}, "run", '"../../etc/passwd"', ("run",)),
     ("download-10e400", "download", {"run": ""}, "run", BIG, ("run",)),
     ("runs-extra-values", "runs", {}, None, "[1, 2, 3]", ("values", "expects")),
+    ("sweep-strengths-thousand", "sweep", SWEEP, "strengths", json.dumps(", ".join(map(str, range(1000)))),
+     ("Strengths",)),
+    ("sweep-strengths-eleven", "sweep", SWEEP, "strengths", json.dumps(", ".join(map(str, range(11)))),
+     ("Strengths",)),
+    ("sweep-regularizers-object", "sweep", SWEEP, "regularizers", '{"a": 1}', ("Regularisers",)),
+    ("sweep-regularizers-unknown", "sweep", SWEEP, "regularizers", '["dropout"]', ("Regularisers",)),
+    ("sweep-epsilon-nan", "sweep", SWEEP, "epsilon", "NaN", ("PGD ε",)),
+    ("sweep-too-many-runs", "sweep", {**SWEEP, "strengths": ", ".join(map(str, range(10)))}, "regularizers",
+     json.dumps(["jacobian", "input_gradient", "adversarial", "spectral", "weight_decay"]), ("at most",)),
     ("train-data-not-a-list", "train", TRAIN, None, '"x"', ("data",)),
     # The request that once grew the server past 24 GB: refused from the memory estimate.
     ("train-out-of-memory", "train", {**TRAIN, "dataset": "synthetic", "arch": "vit", "method": "exact",

@@ -46,9 +46,10 @@ def check_samples_independent(
     changed[sample] = x[sample] + scale * noise.to(x.device)  # a private generator: the caller's stream is kept
     forward = Forward(f, x, double_backward=False, forward_mode=False, coupling="warn", replay=True)
     # coupling="warn", silenced: this check judges by behaviour, and says so below.
-    with torch.no_grad(), _buffers_kept(f), warnings.catch_warnings():
+    with torch.no_grad(), _buffers_kept(f) as kept, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         before = forward(x.detach()).reshape(batch, -1)
+        kept.restore()  # the second pass sees the same buffers (spectral norm's power iteration, ...)
         after = forward.again(changed).reshape(batch, -1)
         forward.finish()
     moved = (after - before).abs().amax(dim=1)  # (B,)
@@ -73,10 +74,14 @@ class _buffers_kept:  # noqa: N801 - used as a context manager, reads like one
         root = f if isinstance(f, nn.Module) else getattr(f, "__self__", None)
         self.buffers = list(root.buffers()) if isinstance(root, nn.Module) else []
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> _buffers_kept:
         self.saved = [b.detach().clone() for b in self.buffers]
+        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def restore(self) -> None:
         with torch.no_grad():
             for buffer, value in zip(self.buffers, self.saved, strict=True):
                 buffer.copy_(value)
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
