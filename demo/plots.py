@@ -116,7 +116,7 @@ THREAD_PANELS = (
     ),
 )
 
-COST_METRICS = (("ms_per_step", "ms per training step", True), ("ratio", "× a plain cross-entropy step", False))
+COST_METRICS = (("ms_per_step", "ms per training step", True), ("ratio", "× a plain cross-entropy step", True))
 
 
 def run_label(record: Record) -> str:

@@ -31,6 +31,7 @@ from demo.views import jacobian as jacobian_view
 from demo.views import robustness as robustness_view
 from demo.views import runs as runs_view
 from demo.views import session as sessions
+from demo.views import sharing
 from demo.views import sweep as sweep_view
 from demo.views import thread as thread_view
 from demo.views import training as training_view
@@ -92,10 +93,14 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
                 controls = controls_view.layout(defaults)
+                with gr.Accordion("Share and presets", open=False):
+                    link = gr.Textbox(label="Link to these settings", interactive=False, buttons=["copy"])
+                    copy = gr.Button("Copy link", size="sm")
+                    presets = {name: gr.Button(name, size="sm") for name in sharing.PRESETS}
             with gr.Column(scale=3):
                 buttons = training_view.layout_buttons()
-                with gr.Tabs():
-                    with gr.Tab("Training"):
+                with gr.Tabs() as tabs:
+                    with gr.Tab("Training", id="training"):
                         training = training_view.layout_tab(defaults, buttons)
                     jacobian = jacobian_view.layout()
                     robustness = robustness_view.layout()
@@ -115,6 +120,16 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
         sweep_event = sweep_view.wire(sweep, controls, session, space, estimator)
         thread_view.wire(thread, controls, space, estimator)
         cost_view.wire(cost, controls, space, estimator)
+
+        # The URL's settings on load; "Copy link" writes them; presets set controls and open a tab.
+        demo.load(sharing.from_url, None, controls.inputs(), api_visibility="private", show_progress="hidden")
+        copy.click(None, controls.inputs(), link, js=sharing.copy_link_js(), api_visibility="private")
+        targets = {**dict(zip(controls_view.CONFIG_FIELDS, controls.inputs(), strict=True)), "tab": tabs,
+                   "sweep_strengths": sweep.strengths, "sweep_regularizers": sweep.regularizers,
+                   "cost_classes": cost.classes, "cost_methods": cost.methods}
+        for name, button in presets.items():
+            button.click(partial(sharing.preset_values, name, list(targets)), None, list(targets.values()),
+                         api_visibility="private", queue=False, show_progress="hidden")
 
         views = (jacobian, robustness, runs)
         refreshed = list(refresh_views(views, None))  # the components whose choices follow the runs

@@ -397,3 +397,58 @@ def test_download_a_run_record(page, runs, tmp_path):
     assert record["history"][-1]["step"] == STEPS and record["final"]["steps"] == STEPS
     assert 0.5 < record["final"]["test_accuracy"] <= 1
     assert all(record["robustness"][kind] for kind in ("noise", "fgsm", "pgd"))
+
+
+def test_sweep_tab_streams_runs_and_draws_the_trade_off(page, runs, shots):
+    open_tab(page, "Training")
+    control(page, "Steps").fill(str(STEPS))
+    panel = open_tab(page, "Sweep")
+    panel.get_by_label("Strengths (λ; ε for adversarial training)", exact=True).fill("0, 0.1")
+    panel.get_by_role("button", name="Run sweep", exact=True).click()
+    expect(panel.locator(".jp-status")).to_contain_text("Run 1 of 2", timeout=RUN_MS)  # it streams
+    expect(panel.locator(".jp-status")).to_contain_text("Run 2 of 2 (jacobian at strength 0.1) finished. "
+                                                         "The sweep is complete.", timeout=2 * RUN_MS)
+    rows = panel.get_by_role("grid", name="The sweep's runs").get_by_role("row")
+    expect(rows).to_have_count(3, timeout=VIEW_MS)
+    expect_drawn(plot(panel, "Trade-off"), min_traces=3)
+    expect(panel.get_by_text(re.compile("^How to read this"))).to_be_visible()
+    screenshot(page, panel, "sweep", shots)
+    # The sweep's runs joined the session: the Runs table lists them after the earlier ones.
+    open_tab(page, "Runs")
+    page.get_by_role("button", name="Refresh", exact=True).click()
+    expect(page.get_by_role("grid", name="This session's runs").get_by_role("row")).to_have_count(1 + 6,
+                                                                                                  timeout=VIEW_MS)
+
+
+def test_a_shared_link_restores_the_controls_and_presets_open_their_tab(browser, server, problems):
+    url, _ = server
+    context = browser.new_context(viewport=VIEWPORT)
+    shared = context.new_page()
+    shared.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    shared.on("console", lambda message: _console(message, url, problems))
+    try:
+        shared.goto(f"{url}?dataset=moons&penalty=0.1&seed=7&steps=123&method=jvp")
+        expect(control(shared, "Seed")).to_have_value("7", timeout=VIEW_MS)
+        expect(control(shared, "Steps")).to_have_value("123")
+        expect(control(shared, "Penalty weight λ")).to_have_value("0.1")
+        expect(control(shared, "Dataset")).to_have_value("moons")
+        expect(shared.get_by_role("radio", name="jvp", exact=True)).to_be_checked()
+        shared.get_by_text("Share and presets", exact=True).click()
+        control(shared, "Seed").fill("8")
+        shared.get_by_role("button", name="Copy link", exact=True).click()
+        link = control(shared, "Link to these settings")
+        expect(link).to_have_value(re.compile(r"dataset=moons.*seed=8"), timeout=VIEW_MS)
+        assert "seed=8" in shared.url  # the address bar holds the same link
+        # The link opens a page with the same settings: a round trip.
+        shared.goto(link.input_value())
+        expect(control(shared, "Seed")).to_have_value("8", timeout=VIEW_MS)
+        # A preset sets the controls and opens its tab with its own settings.
+        shared.get_by_text("Share and presets", exact=True).click()
+        shared.get_by_role("button", name="compare regularisers", exact=True).click()
+        expect(shared.get_by_role("tab", name="Sweep", exact=True)).to_have_attribute("aria-selected", "true",
+                                                                                       timeout=VIEW_MS)
+        for name in ("jacobian", "input_gradient", "adversarial", "spectral", "weight_decay"):
+            expect(shared.get_by_label(name, exact=True)).to_be_checked()
+        expect(control(shared, "Dataset")).to_have_value("moons")
+    finally:
+        context.close()

@@ -35,6 +35,14 @@ TABLE_COLUMNS = ("method", "C", "ms per step", "× plain step")
 MAX_LIST = 20  # items a list may have before duplicates are dropped (more is not a page's request)
 
 
+HOW_TO_READ = (
+    "**How to read this.** One line per method: milliseconds per training step (left) and that step as a "
+    "multiple of a plain cross-entropy step (right), both on log scales, against the number of outputs "
+    "C. Flat lines cost the same at 10 and 1000 outputs; exact's line climbs with C. "
+    "The multiple is the number that carries across machines."
+)
+
+
 @dataclass(frozen=True)
 class CostView:
     classes: gr.CheckboxGroup
@@ -119,7 +127,7 @@ def _table(rows: list[dict]) -> pd.DataFrame:
 
 
 def layout() -> CostView:
-    with gr.Tab("Cost"):
+    with gr.Tab("Cost", id="cost"):
         gr.Markdown(
             "What one training step costs with each estimator as the number of outputs C grows (the "
             "thread's case: C ≈ 1000). *exact* takes all C rows; *projection*, *jvp* and *fd* do not "
@@ -133,6 +141,7 @@ def layout() -> CostView:
             batch_size = gr.Number(64, label="Batch size", precision=0)
             measure = gr.Button("Measure", variant="primary", scale=0)
         figure = gr.Plot(label="Cost of a training step against C")
+        gr.Markdown(HOW_TO_READ, elem_classes=["jp-hint"])
         table = gr.Dataframe(pd.DataFrame(columns=list(TABLE_COLUMNS)), label="Measurements", interactive=False)
     return CostView(classes, methods, batch_size, measure, figure, table)
 

@@ -24,6 +24,14 @@ __all__ = ["JacobianView", "choices_update", "show_jacobian"]
 NEWEST, NONE = ("newest run", ""), ("none", "")
 
 
+HOW_TO_READ = (
+    "**How to read this.** Each image is one class's row of J, ∂f_c/∂x: red pixels raise that logit, blue"
+    " lower it, brighter is more sensitive. A penalised run's rows are fainter and smoother. For 2-D data"
+    ' the field colours ‖J(x)‖_F over the plane: dark where the network barely changes, bright along its '
+    'decision boundary.'
+)
+
+
 @dataclass(frozen=True)
 class JacobianView:
     tab: gr.Tab
@@ -117,6 +125,7 @@ def layout() -> JacobianView:
         info = gr.Markdown()
         heatmap = gr.Plot(label="Jacobian of the logits")
         field = gr.Plot(label="||J(x)||_F over the input plane (2-D data)")
+        gr.Markdown(HOW_TO_READ, elem_classes=["jp-hint"])
     return JacobianView(tab, run, compare, example, show, info, heatmap, field)
 
 

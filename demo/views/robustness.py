@@ -20,6 +20,18 @@ DEFAULT_STRENGTH = 0.1
 MAX_STRENGTH = 10.0  # sigma or epsilon in input units: inputs live in [0, 1] or are of order 1
 
 
+HOW_TO_READ = (
+    "**How to read this.** Test accuracy (up) against the perturbation's size (across), one curve per "
+    'run. Curves that stay high for longer are more robust. PGD is the honest gradient attack; Square '
+    "uses no gradient, so if it does better than PGD the gradients are misleading the attacks (the run's "
+    'record then lists a masking warning).'
+)
+HOW_TO_READ_EXAMPLES = (
+    "**How to read this.** Each panel is a perturbed test input with the true label and the run's "
+    'prediction; red titles mark the inputs the perturbation fooled.'
+)
+
+
 @dataclass(frozen=True)
 class RobustnessView:
     tab: gr.Tab
@@ -89,12 +101,14 @@ def layout() -> RobustnessView:
         runs = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
                            label="Runs to overlay (none chosen: the newest)")
         figure = gr.Plot(label="Accuracy against perturbation strength")
+        gr.Markdown(HOW_TO_READ, elem_classes=["jp-hint"])
         with gr.Row():
             run = gr.Dropdown([("newest run", "")], value="", label="Run", allow_custom_value=True)
             attack = gr.Radio(list(ATTACKS), value="pgd", label="Perturbation")
             strength = gr.Number(DEFAULT_STRENGTH, label="Strength (σ or ε)", minimum=0)
             show = gr.Button("Show perturbed inputs", scale=0)
         examples = gr.Plot(label="Perturbed test inputs and the run's predictions")
+        gr.Markdown(HOW_TO_READ_EXAMPLES, elem_classes=["jp-hint"])
     return RobustnessView(tab, runs, figure, run, attack, strength, show, examples)
 
 

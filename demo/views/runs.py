@@ -16,6 +16,12 @@ FILE_BOX_PX = 100  # download boxes stay small until there is a file in them
 __all__ = ["RunsView", "choices_update", "compare_runs", "download", "runs_table"]
 
 
+HOW_TO_READ = (
+    "**How to read this.** The chosen runs' curves over training steps, one colour per run: the loss "
+    'terms, accuracy and ‖J‖_F (log scale). The legend names what differs between the runs.'
+)
+
+
 @dataclass(frozen=True)
 class RunsView:
     tab: gr.Tab
@@ -76,6 +82,7 @@ def layout() -> RunsView:
         compare = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
                               label="Runs to compare (none chosen: all)")
         curves = gr.Plot(label="Training curves of the chosen runs")
+        gr.Markdown(HOW_TO_READ, elem_classes=["jp-hint"])
         with gr.Row(equal_height=True):
             run = gr.Dropdown([("newest run", "")], value="", label="Run to download", allow_custom_value=True)
             download_button = gr.Button("Prepare downloads", scale=0, min_width=180)

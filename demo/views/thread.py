@@ -43,6 +43,14 @@ large ||J||, so whether the penalty lowers it shows at once), and see the same b
 """
 
 
+HOW_TO_READ = (
+    "**How to read this.** Both start from the same warmed-up weights. The thread's penalty (x.grad.data)"
+    ' sends no gradient to the weights, so its ‖J‖_F never falls; ours does. The last panel shows what '
+    ".backward() left in the weights' .grad before the real step: junk that a training loop without "
+    'zero_grad() would add.'
+)
+
+
 @dataclass(frozen=True)
 class ThreadView:
     penalty: gr.Number
@@ -167,7 +175,7 @@ def _get(report: dict[str, float], key: str) -> str:
 
 
 def layout() -> ThreadView:
-    with gr.Tab("Why did .backward() not learn?"):
+    with gr.Tab("Why did .backward() not learn?", id="thread"):
         gr.Markdown(EXPLANATION)
         with gr.Row():
             penalty = gr.Number(0.1, label="λ for both")
@@ -176,6 +184,7 @@ def layout() -> ThreadView:
             run = gr.Button("Run both", variant="primary", scale=0)
         numbers = gr.Markdown()
         figure = gr.Plot(label="The thread's approach against ours")
+        gr.Markdown(HOW_TO_READ, elem_classes=["jp-hint"])
     return ThreadView(penalty, steps, warmup_steps, run, numbers, figure)
 
 

@@ -44,6 +44,12 @@ RUNNING = "stopped"  # a record's status while it streams (the Recorder's "not f
 
 
 HEAVY, SKIP = "heavy", "skip"
+HOW_TO_READ = (
+    "**How to read this.** Left: the two terms of the loss, cross-entropy and λ × penalty, on a log scale. "
+    "Middle: train and test accuracy. Right: ‖J‖_F, the estimator's value on each batch and the exact mean "
+    "on a test subset, on a log scale: the penalty should pull it down while accuracy holds. For 2-D data, "
+    "the field below colours ‖J(x)‖_F over the plane with the decision boundary and the test points."
+)
 
 
 @dataclass
@@ -220,6 +226,7 @@ def layout_tab(defaults: RunConfig, buttons: tuple[gr.Button, gr.Button, gr.HTML
     # update of the first run (measured: the first curve then showed 2 s after the first report).
     curves = gr.Plot(plots.message_figure("Press Train: the curves appear here while the run trains."),
                      label="Training curves")
+    gr.Markdown(HOW_TO_READ, elem_classes=["jp-hint"])
     field = gr.Plot(label="||J(x)||_F over the input plane, decision boundary and test points",
                     visible=defaults.dataset in controls_view.POINT_SETS)
     return TrainingView(*buttons, curves, field)
