@@ -50,7 +50,12 @@ DASHES = ("solid", "dash", "dot", "dashdot")
 MAX_CLASS_IMAGES = 10  # df_c/dx images shown per run: the classes with the largest rows
 HEIGHT = 380
 DIVERGING = "RdBu_r"  # J entries: red raises the logit, blue lowers it, white is 0
-EMPTY_HEIGHT = 120  # a figure that only says why it is empty
+# A figure that only says why a view is empty is as tall as the figures that replace it: gr.Plot
+# redraws the same plotly element with Plotly.react and autosize, which kept the 120 px that an
+# empty figure once had; the next figure's colour bar then got a negative length, plotly threw
+# "Something went wrong with axis scaling", and the page stopped updating (the Jacobian tab after a
+# dataset change). tests/test_browser.py walks that sequence.
+EMPTY_HEIGHT = HEIGHT
 
 
 @dataclass(frozen=True)

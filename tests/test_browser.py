@@ -454,3 +454,22 @@ def test_a_shared_link_restores_the_controls_and_presets_open_their_tab(browser,
         expect(control(shared, "Dataset")).to_have_value("moons")
     finally:
         context.close()
+
+
+def test_the_jacobian_tab_survives_a_change_of_dataset_and_the_page_keeps_training(page, runs):
+    """The sequence that once wedged the page: the Jacobian tab on a digits run (its 2-D field panel
+    an empty message), then on a moons run (a field with a colour bar), then Train again."""
+    panel = open_tab(page, "Jacobian")
+    choose(page, panel, "Run", "#1 λ=0 ")  # digits
+    panel.get_by_role("button", name="Show", exact=True).click()
+    expect(panel.get_by_text(re.compile(r"#1 λ=0 projection: predicts")).first).to_be_visible(timeout=VIEW_MS)
+    choose(page, panel, "Run", "#3 λ=0.01")  # moons
+    choose(page, panel, "Compare with", "#1 λ=0 ")
+    panel.get_by_role("button", name="Show", exact=True).click()
+    expect_drawn(plot(panel, "||J(x)||_F over the input plane (2-D data)"), min_traces=2)
+    open_tab(page, "Runs")
+    page.get_by_role("button", name="Refresh", exact=True).click()
+    page.wait_for_timeout(1000)
+    next_run = len(run_table(page)) + 1
+    train(page, run=next_run, dataset="digits", steps=STEPS, robustness=False)
+    expect(status(page)).to_contain_text(f"Run #{next_run}")
