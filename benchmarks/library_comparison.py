@@ -39,7 +39,7 @@ if __package__ in (None, ""):  # run as a script: the repository root on the pat
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.report import RESULTS_DIR, environment, load_average, write_report  # noqa: E402
-from demo.bench import _interleaved_times  # noqa: E402
+from demo.bench import _interleaved_times, _loop_penalty  # noqa: E402
 from jacobian_penalty import jacobian_penalty  # noqa: E402
 
 PENALTY_WEIGHT = 0.01
@@ -76,17 +76,8 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
 # --- the alternatives ----------------------------------------------------------------------------
 
 
-def loop_penalty(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """The forum thread's fix: one VJP with create_graph per output coordinate (C passes)."""
-    x_in = x.detach().requires_grad_(True)
-    y = model(x_in)  # (B, C)
-    total = x.new_zeros(())
-    for c in range(y.shape[1]):
-        unit = torch.zeros_like(y)
-        unit[:, c] = 1
-        (row,) = torch.autograd.grad(y, x_in, unit, create_graph=True, retain_graph=True)  # (B, ...)
-        total = total + row.pow(2).sum()
-    return y, total / x.shape[0]
+# The forum thread's fix, one VJP with create_graph per output: the same function the Cost view times.
+loop_penalty = _loop_penalty
 
 
 def vmap_jacrev_penalty(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:

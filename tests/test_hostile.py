@@ -111,15 +111,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`python app.py` in a child process: (base URL, path of its log, its temp folder)."""
-    tmp = tmp_path_factory.mktemp("hostile")
-    log = tmp / "server.log"
+def start_app(tmp: Path, log: Path, **extra: str) -> tuple[subprocess.Popen, str]:
+    """`python app.py` on a free loopback port with its own temp folder and log; (process, base URL)."""
     port = free_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
            "TMPDIR": str(tmp), "GRADIO_TEMP_DIR": str(tmp / "gradio"), "GRADIO_ANALYTICS_ENABLED": "False",
-           "PYTHONUNBUFFERED": "1", "JP_MAX_MEMORY_MB": "8000"}
+           "PYTHONUNBUFFERED": "1", **extra}
     with log.open("wb") as out:
         process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}/"
@@ -127,12 +124,19 @@ def server(tmp_path_factory):
     while time.monotonic() < deadline:
         try:
             if httpx.get(url, timeout=2).status_code == 200:
-                break
+                return process, url
         except httpx.HTTPError:
             time.sleep(0.3)
-    else:
-        process.kill()
-        pytest.fail(f"the app did not start: {log.read_text()[-2000:]}")
+    process.kill()
+    pytest.fail(f"the app did not start: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`python app.py` in a child process: (base URL, path of its log, its temp folder, the process)."""
+    tmp = tmp_path_factory.mktemp("hostile")
+    log = tmp / "server.log"
+    process, url = start_app(tmp, log, JP_MAX_MEMORY_MB="8000")
     yield url, log, tmp, process
     process.terminate()
     process.wait(timeout=30)
@@ -227,20 +231,8 @@ def test_the_server_removes_its_session_folders_at_shutdown_and_stale_ones_at_st
 
     stale = tmp_path / f"{FOLDER_PREFIX}999999999-abc"  # a pid no process has
     stale.mkdir()
-    port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "TMPDIR": str(tmp_path),
-           "GRADIO_TEMP_DIR": str(tmp_path / "gradio"), "GRADIO_ANALYTICS_ENABLED": "False"}
-    process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/"
+    process, url = start_app(tmp_path, tmp_path.parent / f"{tmp_path.name}.log")
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.3)
         assert not stale.exists()
         kind, stream = call(url, "train", json.dumps(list(TRAIN.values())))
         assert kind == "complete", stream

@@ -8,6 +8,7 @@ to the path (torch comes from the environment): a hidden import of demo/ or mode
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -35,9 +36,16 @@ def readme_snippet() -> str:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
+    """The wheel `pip install .` builds, built from a copy of what it needs, so the checkout stays clean
+    (an in-tree build leaves build/ and *.egg-info behind)."""
+    source, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("wheel")
+    shutil.copy(ROOT / "pyproject.toml", source)
+    shutil.copytree(ROOT / "jacobian_penalty", source / "jacobian_penalty",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (source / "docs").mkdir()
+    shutil.copy(ROOT / "docs" / "library.md", source / "docs")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
         check=True, capture_output=True, timeout=300,
     )
     (built,) = out.glob("jacobian_penalty-*.whl")
