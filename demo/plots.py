@@ -191,7 +191,27 @@ def robustness_figure(runs: Sequence[Run], attacks: Sequence[str] = ("noise", "f
             )
         fig.update_xaxes(title_text="σ" if strength == "sigma" else "ε", row=1, col=col)
     fig.update_yaxes(title_text="test accuracy", range=[0, 1.02], row=1, col=1)
-    return _layout(fig, None)
+    fig = _layout(fig, None)
+    # The signs of gradient masking the runs' records hold, under the panels, in words.
+    flags = [f"⚠ {label}: {flag}" for label, record in runs for flag in record.get("robustness_checks", [])]
+    if flags:
+        fig.add_annotation(text="<br>".join(_wrap(f, 150) for f in flags[:4]), showarrow=False, xref="paper",
+                           yref="paper", x=0, y=-0.35, xanchor="left", yanchor="top", align="left",
+                           font={"color": COLORS[1], "size": 11})
+        fig.update_layout(height=HEIGHT + 40 * min(len(flags), 4), margin={"b": 40 + 45 * min(len(flags), 4)})
+    return fig
+
+
+def _wrap(text: str, width: int) -> str:
+    """Line breaks (<br>) in a long annotation, at spaces."""
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return "<br>".join([*lines, line])
 
 
 def jacobian_figure(examples: Sequence[tuple[str, Mapping[str, Any]]]) -> go.Figure:

@@ -270,7 +270,7 @@ def _run(cfg: RunConfig, model: nn.Module, data: datasets.Dataset, device: torch
     evaluations.append(_eval_record(evaluation))
     yield evaluation
     if cfg.robustness:
-        yield _robustness(model, data, cfg.seed, cfg.thorough)
+        yield robustness_report(model, data, cfg.seed, cfg.thorough)
     final = final_metrics(history, evaluations, step, cfg.batch_size * world)
     yield Finished(status, message, final, tuple(history), tuple(evaluations), evaluation.state_dict)
 
@@ -374,7 +374,7 @@ def _eval_record(evaluation: Evaluation) -> dict[str, float]:
     return record
 
 
-def _robustness(model: nn.Module, data: datasets.Dataset, seed: int, thorough_evaluation: bool) -> Robustness:
+def robustness_report(model: nn.Module, data: datasets.Dataset, seed: int, thorough_evaluation: bool) -> Robustness:
     """Noise, FGSM and PGD; the gradient-free Square attack, PGD at an epsilon that reaches any input
     (and APGD when thorough); and the signs of gradient masking those results show."""
     sigmas, epsilons = robustness.default_grid(data.kind)

@@ -8,7 +8,7 @@ State: a visitor's runs live in one gr.State per session (demo.views.session), d
 train or measure share the concurrency_id "accelerator" (JP_CONCURRENCY at a time); the queue
 holds JP_QUEUE_SIZE events (demo.limits).
 
-Endpoints (api_name): train, runs, compare, download, jacobian, robustness, perturbed, sweep, thread,
+Endpoints (api_name): train, runs, compare, download, jacobian, robustness, perturbed, thorough, sweep, thread,
 cost. Stop is a cancel (a headless client calls job.cancel()).
 """
 
@@ -115,7 +115,7 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
         estimator = memory.Estimator()
         train_event, stop_event = training_view.wire(training, controls, session, space, estimator)
         jacobian_view.wire(jacobian, session)
-        robustness_view.wire(robustness, session)
+        robustness_view.wire(robustness, session, space)
         runs_view.wire(runs, session)
         sweep_event = sweep_view.wire(sweep, controls, session, space, estimator)
         thread_view.wire(thread, controls, space, estimator)

@@ -281,3 +281,15 @@ def test_sweep_refuses_bad_strengths_in_plain_words(client):
     for strengths, words in (("0, lots", "Each strength"), ("", "1 to 10"), ("0, 2e9", "Each strength")):
         with pytest.raises(AppError, match=words):
             client.predict(dataset="moons", steps=10, strengths=strengths, api_name="/sweep")
+
+
+def test_a_thorough_evaluation_adds_apgd_and_keeps_the_results_in_the_run(client):
+    client.predict(dataset="moons", steps=80, robustness=False, api_name="/train")
+    figure = plotly(client.predict("1", api_name="/thorough"))
+    assert "APGD (L∞)" in [a["text"] for a in figure["layout"]["annotations"]]
+    json_path, _ = client.predict("1", api_name="/download")
+    record = json.loads(Path(json_path).read_text())
+    assert {"noise", "fgsm", "pgd", "square", "apgd", "unbounded"} <= set(record["robustness"])
+    assert isinstance(record["robustness_checks"], list)
+    with pytest.raises(AppError, match="no run #7"):
+        client.predict("7", api_name="/thorough")

@@ -81,6 +81,8 @@ HOSTILE = [
      ("at most",)),
     ("compare-nested", "compare", {"runs": []}, "runs", "[[[1]]]", ("run",)),
     ("download-path", "download", {"run": ""}, "run", '"../../etc/passwd"', ("run",)),
+    ("thorough-run-object", "thorough", {"run": ""}, "run", '{"a": [1]}', ("run",)),
+    ("thorough-unknown-run", "thorough", {"run": ""}, "run", '"99"', ("run",)),
     ("download-10e400", "download", {"run": ""}, "run", BIG, ("run",)),
     ("runs-extra-values", "runs", {}, None, "[1, 2, 3]", ("values", "expects")),
     ("sweep-strengths-thousand", "sweep", SWEEP, "strengths", json.dumps(", ".join(map(str, range(1000)))),

@@ -220,3 +220,12 @@ def test_cost_figure_plots_each_metric_against_c():
     assert list(ratio["exact"].y) == [3.0, 20.0]
     assert fig.layout.xaxis.type == "log" and fig.layout.xaxis.title.text == "outputs C"
     assert fig.layout.yaxis.type == "log" and fig.layout.yaxis2.type == "log"  # ratios from 2 to 1000: log
+
+
+def test_robustness_figure_states_the_masking_flags_of_its_runs():
+    flagged = {**record(0.0), "robustness_checks": ["PGD left more accuracy than FGSM at epsilon 0.1: ..."]}
+    fig = plots.robustness_figure([("λ=0", flagged), ("λ=0.1", record(0.1))])
+    texts = [a.text for a in fig.layout.annotations]
+    assert any(t.startswith("⚠ λ=0: PGD left more accuracy than FGSM") for t in texts)
+    unflagged = plots.robustness_figure([("λ=0.1", record(0.1))])
+    assert not any("⚠" in a.text for a in unflagged.layout.annotations)

@@ -4,19 +4,23 @@ session's runs overlaid, and a few perturbed inputs with a run's predictions."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import gradio as gr
 
-from demo import inspect, plots
+from demo import inspect, limits, plots
 from demo.robustness import ATTACKS
+from demo.train import robustness_report
 from demo.views import inputs
 from demo.views import session as sessions
+from demo.views.training import ACCELERATOR
 
 __all__ = ["RobustnessView", "choices_update", "show_examples", "show_robustness"]
 
 MAX_OVERLAID = 6  # runs drawn when none are chosen: the newest with robustness results
 MAX_EXAMPLES = 8
 DEFAULT_STRENGTH = 0.1
+THOROUGH_ATTACKS = ("noise", "pgd", "square", "apgd")
 MAX_STRENGTH = 10.0  # sigma or epsilon in input units: inputs live in [0, 1] or are of order 1
 
 
@@ -42,6 +46,7 @@ class RobustnessView:
     strength: gr.Number
     show: gr.Button
     examples: gr.Plot
+    thorough: gr.Button
 
 
 def show_robustness(session: dict | None, runs: list[str] | None):
@@ -69,6 +74,24 @@ def show_examples(session: dict | None, run: str, attack: str, strength: float):
     examples = inspect.perturbed(model, inspect.load_data(record), attack=attack, strength=strength,
                                  count=MAX_EXAMPLES, seed=record["config"]["seed"])
     return plots.examples_figure(examples)
+
+
+def evaluate_thoroughly(session: dict | None, run: str, *, max_runs: int):
+    """/thorough: the run's robustness again, with APGD and a longer Square attack on more points;
+    the run's record keeps the new results and masking checks. Returns (session, figure)."""
+    try:
+        chosen = sessions.find_run(session, inputs.run_id(run), need_weights=True)
+    except sessions.RunNotFound as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
+    if not chosen["weights"]:
+        raise gr.Error(f"Run #{chosen['id']} has no weights yet.", print_exception=False)
+    record = chosen["record"]
+    model = inspect.load_model(record, chosen["weights"])
+    report = robustness_report(model, inspect.load_data(record), record["config"]["seed"], thorough_evaluation=True)
+    record = {**record, "robustness": report.results, "robustness_checks": list(report.checks)}
+    session = sessions.with_run(session, {**chosen, "record": record}, max_runs)
+    figure = plots.robustness_figure([(sessions.short_label(chosen), record)], THOROUGH_ATTACKS)
+    return session, figure
 
 
 def choices_update(view: RobustnessView, session: dict | None) -> dict:
@@ -107,16 +130,20 @@ def layout() -> RobustnessView:
             attack = gr.Radio(list(ATTACKS), value="pgd", label="Perturbation")
             strength = gr.Number(DEFAULT_STRENGTH, label="Strength (σ or ε)", minimum=0)
             show = gr.Button("Show perturbed inputs", scale=0)
+            thorough = gr.Button("Evaluate thoroughly", scale=0)
+        gr.Markdown("*Evaluate thoroughly* attacks the chosen run again with APGD (AutoAttack's step-size-free "
+                    "PGD) and a longer Square attack on more points, and redraws the curves above for it; it takes "
+                    "seconds to a minute.", elem_classes=["jp-hint"])
         examples = gr.Plot(label="Perturbed test inputs and the run's predictions")
         gr.Markdown(HOW_TO_READ_EXAMPLES, elem_classes=["jp-hint"])
-    return RobustnessView(tab, runs, figure, run, attack, strength, show, examples)
+    return RobustnessView(tab, runs, figure, run, attack, strength, show, examples, thorough)
 
 
 # ---------------------------------------------------------------------------------------------
 # Wiring
 
 
-def wire(view: RobustnessView, session: gr.State) -> None:
+def wire(view: RobustnessView, session: gr.State, space: limits.Limits) -> None:
     gr.on(
         [view.tab.select, view.runs.change],
         show_robustness,
@@ -134,4 +161,14 @@ def wire(view: RobustnessView, session: gr.State) -> None:
         api_name="perturbed",
         api_description="A few test inputs perturbed (noise, fgsm or pgd) and a run's predictions for them.",
         preprocess=False,
+    )
+    view.thorough.click(
+        partial(evaluate_thoroughly, max_runs=space.max_runs),
+        [session, view.run],
+        [session, view.figure],
+        api_name="thorough",
+        api_description="A run's robustness with APGD and a longer Square attack added; the masking checks.",
+        preprocess=False,
+        concurrency_id=ACCELERATOR,
+        concurrency_limit=space.concurrency,
     )
