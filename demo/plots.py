@@ -162,7 +162,28 @@ def steps_figure(runs: Sequence[Run], panels: Sequence[Panel], *, title: str | N
                 )
         fig.update_xaxes(title_text="step", row=1, col=col)
         fig.update_yaxes(title_text=panel.y_title, type="log" if panel.log_y else "linear", row=1, col=col)
+        if panel.log_y:
+            ys = [y for trace in fig.data if trace.xaxis == ("x" if col == 1 else f"x{col}") for y in trace.y]
+            fig.update_yaxes(**log_ticks(ys), row=1, col=col)
     return _layout(fig, title)
+
+
+def log_ticks(values: Sequence[float]) -> dict[str, Any]:
+    """Tick values and their full labels for a log axis over `values`: 1-2-5 steps (every decade
+    alone over more than three decades), each labelled as a number ("0.02", "50"), never plotly's
+    bare "2" and "5" between decades. Empty (plotly's own ticks) without two positive values."""
+    positive = [float(v) for v in values if v is not None and _finite(v) and v > 0]
+    if len(positive) < 1:
+        return {}
+    low, high = min(positive), max(positive)
+    span = high / low
+    mantissas = (1,) if span > 1e3 else (1, 2, 5) if span > 4 else (1, 1.5, 2, 3, 5, 7)
+    ticks = [m * 10.0**d for d in range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
+             for m in mantissas]
+    ticks = [t for t in ticks if low / 1.2 <= t <= high * 1.2]
+    if len(ticks) < 2:
+        return {}
+    return {"tickvals": ticks, "ticktext": [f"{t:.3g}" for t in ticks]}
 
 
 def robustness_figure(runs: Sequence[Run], attacks: Sequence[str] = ("noise", "fgsm", "pgd", "square")) -> go.Figure:
@@ -384,8 +405,10 @@ def cost_figure(
                 row=1,
                 col=col,
             )
-        fig.update_xaxes(title_text="outputs C", type="log", row=1, col=col)
-        fig.update_yaxes(title_text=title, type="log" if log_y else "linear", row=1, col=col)
+        fig.update_xaxes(title_text="outputs C", type="log", row=1, col=col,
+                         **log_ticks([r["num_classes"] for r in rows]))
+        fig.update_yaxes(title_text=title, type="log" if log_y else "linear", row=1, col=col,
+                         **(log_ticks([r[key] for r in rows]) if log_y else {}))
     return _layout(fig, None)
 
 
@@ -439,7 +462,8 @@ def tradeoff_figure(rows: Sequence[Mapping[str, Any]], epsilon: float) -> go.Fig
     fig.update_xaxes(title_text="strength (λ, or ε for adversarial)", type="log", tickvals=ticks,
                      ticktext=["0" if t == zero_at and zero_at not in positive else f"{t:g}" for t in ticks],
                      row=1, col=2)
-    fig.update_yaxes(title_text="mean ‖J‖_F", type="log", row=1, col=2)
+    fig.update_yaxes(title_text="mean ‖J‖_F", type="log", row=1, col=2,
+                     **log_ticks([r["jacobian_norm"] for r in rows]))
     return _layout(fig, None)
 
 

@@ -46,6 +46,7 @@ __all__ = [
 EVAL_JACOBIAN_SAMPLES = 256  # fixed test subset for the exact mean ||J||_F (for C <= 10)
 ROBUSTNESS_SAMPLES = 500  # test subset for the attacks: PGD costs pgd_steps backward passes
 PGD_STEPS = 10
+COLLAPSE_MARGIN = 0.02  # test accuracy within this of chance (1/C) is a collapsed model
 INDEPENDENCE_SAMPLES = 8  # the batch on which a run checks once that f keeps samples apart
 
 
@@ -272,7 +273,27 @@ def _run(cfg: RunConfig, model: nn.Module, data: datasets.Dataset, device: torch
     if cfg.robustness:
         yield robustness_report(model, data, cfg.seed, cfg.thorough)
     final = final_metrics(history, evaluations, step, cfg.batch_size * world)
+    message = message or collapse_message(cfg, final["test_accuracy"], data.num_classes)
     yield Finished(status, message, final, tuple(history), tuple(evaluations), evaluation.state_dict)
+
+
+def collapse_message(cfg: RunConfig, test_accuracy: float, num_classes: int) -> str:
+    """What to say when a run that finished predicts no better than chance, or "" when it learned.
+
+    A model pushed flat by a huge penalty (or thrown about by a huge learning rate) ends "completed"
+    with accuracy 1/C and ||J|| near 0: numbers that look like success unless someone says so.
+    """
+    chance = 1.0 / num_classes
+    if not (math.isfinite(test_accuracy) and test_accuracy <= chance + COLLAPSE_MARGIN):
+        return ""
+    causes = []
+    if cfg.penalty >= 1.0:
+        causes.append(f"the strength {cfg.penalty:g} is very large: try 0.01 to 0.1")
+    if cfg.lr >= 0.1:
+        causes.append(f"the learning rate {cfg.lr:g} is very large: try 0.001")
+    advice = "; ".join(causes) if causes else "lower the strength or the learning rate, or train longer"
+    return (f"The model collapsed to chance: test accuracy {test_accuracy:.3f} with {num_classes} classes "
+            f"(chance is {chance:.3f}), so its small ||J|| means nothing; {advice}.")
 
 
 def _step(cfg, model, penalised, optimizer, params, x, y, probes) -> tuple[Tensor, Tensor | None, Tensor]:

@@ -229,3 +229,19 @@ def test_robustness_figure_states_the_masking_flags_of_its_runs():
     assert any(t.startswith("⚠ λ=0: PGD left more accuracy than FGSM") for t in texts)
     unflagged = plots.robustness_figure([("λ=0.1", record(0.1))])
     assert not any("⚠" in a.text for a in unflagged.layout.annotations)
+
+
+@pytest.mark.parametrize("values", [[0.0012, 0.9], [2.1, 3.9], [59.9, 5.3, 0.4], [1e-4, 10.0, 250.0]])
+def test_log_axes_label_every_tick_with_its_full_value(values):
+    ticks = plots.log_ticks(values)
+    assert len(ticks["tickvals"]) >= 2
+    for value, text in zip(ticks["tickvals"], ticks["ticktext"], strict=True):
+        assert float(text) == pytest.approx(value, rel=1e-2)  # "0.02", not a bare "2"
+        assert min(values) / 1.2 <= value <= max(values) * 1.2
+    assert plots.log_ticks([0.0, float("nan")]) == {}
+
+
+def test_the_training_curves_log_panels_use_full_tick_labels():
+    fig = plots.steps_figure([("run", record(0.01))], plots.TRAINING_PANELS)
+    log_axes = [fig.layout[name] for name in fig.layout if name.startswith("yaxis") and fig.layout[name].type == "log"]
+    assert log_axes and all(axis.ticktext and all(float(t) > 0 for t in axis.ticktext) for axis in log_axes)

@@ -261,3 +261,15 @@ def test_recorder_keeps_received_history_when_a_fault_ends_the_run_empty():
     assert [h["step"] for h in record["history"]] == [e.step for e in received if isinstance(e, Progress)]
     assert record["final"]["steps"] == record["history"][-1]["step"]
     assert recorder.state_dict  # the weights of the last evaluation
+
+
+def test_a_run_that_collapses_to_chance_says_so_and_one_that_learns_does_not():
+    from demo.train import collapse_message
+
+    collapsed = [e for e in train(RunConfig(**{**QUICK, "steps": 150}, penalty=1e5)) if isinstance(e, Finished)][0]
+    assert collapsed.status == "completed"
+    assert collapsed.final["test_accuracy"] <= 0.1 + 0.02  # the oracle: the accuracy itself, 10 classes
+    assert collapsed.message.startswith("The model collapsed to chance") and "strength 100000" in collapsed.message
+    learned = [e for e in train(RunConfig(**{**QUICK, "steps": 150}, penalty=0.01)) if isinstance(e, Finished)][0]
+    assert learned.final["test_accuracy"] > 0.5 and learned.message == ""
+    assert "learning rate 5" in collapse_message(RunConfig(lr=5.0), 0.1, 10)

@@ -180,6 +180,8 @@ def status_html(run: dict[str, Any], *, running: bool) -> str:
         outcome = f"Stopped at step {step} of {cfg['steps']}; the partial run is kept (see Runs)"
     elif status == "completed":
         outcome = f"Finished {step} steps in {final.get('elapsed', 0):.1f} s"
+        if record.get("message"):  # completed, but collapsed to chance: say so beside the numbers
+            outcome += f". {html.escape(record['message'])}"
     else:
         outcome = html.escape(record.get("message") or status)
     return f'<div class="jp-status">Run #{run["id"]} on {device}: {outcome.rstrip(".")}{numbers}.</div>'
