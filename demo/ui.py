@@ -47,8 +47,8 @@ INTRO = (
     "under noise and attacks, and what each estimator costs. Defaults: a few-second run on 8×8 digits."
 )
 CSS = """
-.jp-status { font-size: 0.95em; padding: 4px 2px; }
-.jp-status progress { width: 12em; vertical-align: middle; margin-right: 0.5em; }
+.jp-status, .jp-sweep-status { font-size: 0.95em; padding: 4px 2px; }
+.jp-status progress, .jp-sweep-status progress { width: 12em; vertical-align: middle; margin-right: 0.5em; }
 .jp-hint { font-size: 0.85em; opacity: 0.8; }
 /* short headers ("run", "seed") must not break mid-word */
 #jp-runs th, #jp-runs th * { word-break: keep-all; overflow-wrap: normal; white-space: nowrap; }

@@ -405,8 +405,8 @@ def test_sweep_tab_streams_runs_and_draws_the_trade_off(page, runs, shots):
     panel = open_tab(page, "Sweep")
     panel.get_by_label("Strengths (λ; ε for adversarial training)", exact=True).fill("0, 0.1")
     panel.get_by_role("button", name="Run sweep", exact=True).click()
-    expect(panel.locator(".jp-status")).to_contain_text("Run 1 of 2", timeout=RUN_MS)  # it streams
-    expect(panel.locator(".jp-status")).to_contain_text("Run 2 of 2 (jacobian at strength 0.1) finished. "
+    expect(panel.locator(".jp-sweep-status")).to_contain_text("Run 1 of 2", timeout=RUN_MS)  # it streams
+    expect(panel.locator(".jp-sweep-status")).to_contain_text("Run 2 of 2 (jacobian at strength 0.1) finished. "
                                                          "The sweep is complete.", timeout=2 * RUN_MS)
     rows = panel.get_by_role("grid", name="The sweep's runs").get_by_role("row")
     expect(rows).to_have_count(3, timeout=VIEW_MS)

@@ -183,8 +183,15 @@ def test_no_input_takes_a_file_or_a_path():
     assert inputs <= {"State", "Number", "Slider", "Dropdown", "Radio", "Checkbox", "CheckboxGroup", "Textbox"}, inputs
     # The data folder comes from the environment only: no run parameter is a path.
     assert not {f for f in RunConfig.__dataclass_fields__ if re.search("path|dir|root|file|folder", f)}
-    texts = [block for fn in demo.fns.values() for block in fn.inputs if type(block).__name__ == "Textbox"]
-    assert not texts, "a free-text input: check it is never used as a path"
+    # The one free-text input is the Sweep tab's list of strengths, which becomes numbers or a refusal.
+    texts = {block.label for fn in demo.fns.values() for block in fn.inputs if type(block).__name__ == "Textbox"}
+    assert texts <= {"Strengths (λ; ε for adversarial training)"}, "a free-text input: is it ever used as a path?"
+    from demo.views.sweep import parse_strengths
+
+    assert parse_strengths("0, 0.01 1e-3") == [0.0, 0.01, 0.001]
+    for hostile in ("../../etc/passwd", "/tmp", "0; rm -rf /", "~"):
+        with pytest.raises(gr.Error):
+            parse_strengths(hostile)
 
 
 # ---------------------------------------------------------------------------------------------

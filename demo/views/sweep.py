@@ -116,9 +116,10 @@ def _status(index: int, total: int, record: dict, done: bool = False) -> str:
         message = record.get("message") or record["status"]
         ended = "finished" if record["status"] == "completed" else html.escape(message)
         tail = " The sweep is complete." if index == total else ""
-        return f'<div class="jp-status">Run {index} of {total} ({what}) {ended}.{tail}</div>'
-    return (f'<div class="jp-status"><progress value="{index - 1}" max="{total}"></progress> Run {index} of {total}: '
-            f'{what}, step {final.get("steps", 0)} of {cfg["steps"]}</div>')
+        return f'<div class="jp-sweep-status">Run {index} of {total} ({what}) {ended}.{tail}</div>'
+    bar = f'<progress value="{index - 1}" max="{total}"></progress>'
+    return (f'<div class="jp-sweep-status">{bar} Run {index} of {total}: {what}, '
+            f'step {final.get("steps", 0)} of {cfg["steps"]}</div>')
 
 
 def _table(rows: list[dict]) -> pd.DataFrame:
@@ -151,7 +152,7 @@ def layout() -> SweepView:
         with gr.Row():
             run = gr.Button("Run sweep", variant="primary", scale=2)
             stop = gr.Button("Stop", variant="stop", scale=1)
-        status = gr.HTML('<div class="jp-status">Choose strengths and press Run sweep.</div>')
+        status = gr.HTML('<div class="jp-sweep-status">Choose strengths and press Run sweep.</div>')
         figure = gr.Plot(plots.message_figure("The trade-off appears here as the runs finish."), label="Trade-off")
         gr.Markdown(HOW_TO_READ, elem_classes="jp-hint")
         table = gr.Dataframe(pd.DataFrame(columns=list(TABLE_COLUMNS)), label="The sweep's runs", interactive=False)
