@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import gradio as gr
 
@@ -63,14 +64,8 @@ def show_examples(session: dict | None, run: str, attack: str, strength: float):
     run = inputs.run_id(run)
     attack = inputs.choice(attack, "Perturbation", tuple(ATTACKS))
     strength = inputs.number(strength, "Strength (σ or ε)", 0, MAX_STRENGTH)
-    try:
-        chosen = sessions.find_run(session, run, need_weights=True)
-    except sessions.RunNotFound as exc:
-        raise gr.Error(str(exc), print_exception=False) from None
-    if not chosen["weights"]:
-        raise gr.Error(f"Run #{chosen['id']} has no weights yet.", print_exception=False)
+    chosen, model = _run_with_model(session, run)
     record = chosen["record"]
-    model = inspect.load_model(record, chosen["weights"])
     examples = inspect.perturbed(model, inspect.load_data(record), attack=attack, strength=strength,
                                  count=MAX_EXAMPLES, seed=record["config"]["seed"])
     return plots.examples_figure(examples)
@@ -79,19 +74,24 @@ def show_examples(session: dict | None, run: str, attack: str, strength: float):
 def evaluate_thoroughly(session: dict | None, run: str, *, max_runs: int):
     """/thorough: the run's robustness again, with APGD and a longer Square attack on more points;
     the run's record keeps the new results and masking checks. Returns (session, figure)."""
-    try:
-        chosen = sessions.find_run(session, inputs.run_id(run), need_weights=True)
-    except sessions.RunNotFound as exc:
-        raise gr.Error(str(exc), print_exception=False) from None
-    if not chosen["weights"]:
-        raise gr.Error(f"Run #{chosen['id']} has no weights yet.", print_exception=False)
+    chosen, model = _run_with_model(session, inputs.run_id(run))
     record = chosen["record"]
-    model = inspect.load_model(record, chosen["weights"])
     report = robustness_report(model, inspect.load_data(record), record["config"]["seed"], thorough_evaluation=True)
     record = {**record, "robustness": report.results, "robustness_checks": list(report.checks)}
     session = sessions.with_run(session, {**chosen, "record": record}, max_runs)
     figure = plots.robustness_figure([(sessions.short_label(chosen), record)], THOROUGH_ATTACKS)
     return session, figure
+
+
+def _run_with_model(session: dict | None, run: str) -> tuple[dict, Any]:
+    """The chosen run and its model, or a plain refusal (no such run, no weights yet)."""
+    try:
+        chosen = sessions.find_run(session, run, need_weights=True)
+    except sessions.RunNotFound as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
+    if not chosen["weights"]:
+        raise gr.Error(f"Run #{chosen['id']} has no weights yet.", print_exception=False)
+    return chosen, inspect.load_model(chosen["record"], chosen["weights"])
 
 
 def choices_update(view: RobustnessView, session: dict | None) -> dict:
