@@ -1,6 +1,7 @@
 """The forum thread's Jacobian penalty next to ours, step by step on the same model and data.
 
-The thread (shared/seed/forum-thread.txt) does, for every batch:
+The PyTorch forum thread the project started from ("How to penalize norm of end-to-end
+Jacobian") does, for every batch:
 
     x.requires_grad_()
     y = model(x)                                       # (B, C)

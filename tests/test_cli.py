@@ -1,4 +1,4 @@
-"""The CLI end to end (contract 2 in shared/design.md), run as a user runs it: a subprocess."""
+"""The CLI end to end (its flags and JSON schema, as the README states them), run as a user runs it: a subprocess."""
 
 from __future__ import annotations
 
