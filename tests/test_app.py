@@ -293,3 +293,26 @@ def test_a_thorough_evaluation_adds_apgd_and_keeps_the_results_in_the_run(client
     assert isinstance(record["robustness_checks"], list)
     with pytest.raises(AppError, match="no run #7"):
         client.predict("7", api_name="/thorough")
+
+
+def test_legends_name_what_differs_between_the_runs_drawn_together():
+    def run(run_id, **cfg):
+        return {"id": run_id, "weights": {}, "record": new_record(RunConfig(**cfg))}
+
+    same = [run(1, penalty=0.0), run(2, penalty=0.01)]
+    assert sessions.legend_labels(same) == ["#1 λ=0 projection", "#2 λ=0.01 projection"]
+    mixed = [run(1, penalty=0.01), run(2, penalty=0.01, dataset="moons"), run(3, penalty=0.01, seed=4)]
+    labels = sessions.legend_labels(mixed)
+    assert labels == ["#1 λ=0.01 projection digits seed 0", "#2 λ=0.01 projection moons seed 0",
+                      "#3 λ=0.01 projection digits seed 4"]
+    assert len(set(label.split(" ", 1)[1] for label in labels)) == 3  # without the id, still tell apart
+
+
+def test_the_robustness_overlay_draws_runs_of_one_dataset(client):
+    client.predict(dataset="digits", steps=40, api_name="/train")
+    client.predict(dataset="moons", steps=40, api_name="/train")
+    figure = plotly(client.predict(["1", "2"], api_name="/robustness"))
+    names = {trace["name"] for trace in figure["data"]}
+    assert names == {"#2 λ=0.01 projection"}  # the newest run's dataset (moons); #1 (digits) left out
+    figure = plotly(client.predict(["1"], api_name="/robustness"))
+    assert {trace["name"] for trace in figure["data"]} == {"#1 λ=0.01 projection"}

@@ -47,7 +47,9 @@ def compare_runs(session: dict | None, runs: list[str] | None):
         chosen = [sessions.find_run(session, r) for r in runs] if runs else (session or {}).get("runs", [])
     except sessions.RunNotFound as exc:
         raise gr.Error(str(exc), print_exception=False) from None
-    return plots.steps_figure([(sessions.short_label(run), run["record"]) for run in chosen], plots.COMPARE_PANELS)
+    labels = sessions.legend_labels(chosen)
+    return plots.steps_figure([(label, run["record"]) for label, run in zip(labels, chosen, strict=True)],
+                              plots.COMPARE_PANELS)
 
 
 def download(session: dict | None, run: str):

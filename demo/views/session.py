@@ -29,6 +29,7 @@ __all__ = [
     "choices",
     "delete_files",
     "find_run",
+    "legend_labels",
     "new_session",
     "reserve_run",
     "table",
@@ -38,6 +39,7 @@ __all__ = [
 
 Session = dict[str, Any]
 FOLDER_PREFIX = "jacobian-playground-"
+LEGEND_FIELDS = ("dataset", "arch", "regularizer", "seed")  # named in a legend when they differ
 TABLE_COLUMNS = (
     "run", "status", "dataset", "arch", "λ", "method", "target", "steps", "seed",
     "test acc", "||J||_F", "time (s)", "device",
@@ -90,6 +92,18 @@ def short_label(run: dict[str, Any]) -> str:
     """For legends: the run's id, λ and estimator."""
     cfg = run["record"]["config"]
     return f"#{run['id']} λ={cfg['penalty']:g} {cfg['method']}"
+
+
+def legend_labels(runs: list[dict[str, Any]]) -> list[str]:
+    """Legend labels for runs drawn together: each run's id, λ and estimator, plus every setting
+    that differs between them (dataset, architecture, regulariser, seed), so no two read alike."""
+    differing = [key for key in LEGEND_FIELDS if len({str(r["record"]["config"].get(key)) for r in runs}) > 1]
+    labels = []
+    for run in runs:
+        cfg = run["record"]["config"]
+        extra = [f"seed {cfg['seed']}" if key == "seed" else str(cfg.get(key)) for key in differing]
+        labels.append(" ".join([short_label(run), *extra]))
+    return labels
 
 
 def label(run: dict[str, Any]) -> str:
