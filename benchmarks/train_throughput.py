@@ -3,7 +3,7 @@
 The same short run is consumed by
   - bare:   a loop that takes every event and does nothing with it (the engine alone);
   - cli:    demo.__main__.main(["train", ..., "--quiet"]) in this process (Recorder, summary);
-  - ui:     the Gradio train handler (demo.views.training.train_run), iterated directly without a
+  - ui:     the Gradio train handler (demo.views.training.Handlers.train), iterated directly without a
             server: Recorder, session updates, status line, figures at most every
             HEAVY_INTERVAL_S seconds and gr.skip() in between;
   - ui+json: the same, plus what Gradio's server does to each heavy update before sending it
@@ -88,12 +88,12 @@ def ui_handler(clock: Callable[[], float]) -> tuple[Callable[..., Any] | None, s
     training, or None and why it is not usable here."""
     try:
         from demo.limits import Limits
+        from demo.memory import Estimator
         from demo.views import training
+        from demo.views.streaming import StopRequests
     except ImportError as exc:  # the UI is optional: gradio missing, or not written yet
         return None, f"the UI's train handler cannot be imported ({exc})"
-    handler = getattr(training, "train_run", None)
-    if handler is None:
-        return None, "demo.views.training has no train_run handler"
+    handler = training.Handlers(Limits(), Estimator(), StopRequests()).train
 
     def run(cfg: RunConfig, serialise: bool) -> float:
         params = inspect.signature(handler).parameters
@@ -102,7 +102,7 @@ def ui_handler(clock: Callable[[], float]) -> tuple[Callable[..., Any] | None, s
         start = clock()
         # The handler's own work is what it does between the training stream's items.
         with mock.patch.object(training, "run_stream", _timed(training.run_stream, clock, spent)):
-            for update in handler(None, space=Limits(), **values):
+            for update in handler(None, **values):
                 if serialise:
                     for value in update:
                         if hasattr(value, "to_json"):  # a plotly figure: what gr.Plot sends

@@ -16,7 +16,7 @@ import models
 from demo import data, distributed, outputs
 from demo import sweep as sweeps
 from demo.config import REGULARIZERS, ConfigError, RunConfig
-from demo.record import Recorder, to_json
+from demo.record import FAILED, Recorder, to_json
 from demo.train import Progress, Robustness, Started, resolve_device, train
 from jacobian_penalty import METHODS
 
@@ -149,12 +149,13 @@ def _train_and_write(args: argparse.Namespace, cfg: RunConfig, main: bool) -> in
         if main:
             print("\ninterrupted: writing what was trained so far", file=sys.stderr)
     report.close()
+    recorder.stop()  # no-op after Finished; an interrupted run is kept as stopped
 
     record = recorder.record
     if distributed.is_distributed():
         record["distributed"] = distributed.describe(cfg.batch_size)
     if not main:
-        return EXIT_RUN_FAILED if record["status"] in ("diverged", "out_of_memory") else 0
+        return EXIT_RUN_FAILED if record["status"] in FAILED else 0
     _summary(record)  # first: whatever happens to the files, the run's numbers are on the screen
     try:
         if args.json:
@@ -168,7 +169,7 @@ def _train_and_write(args: argparse.Namespace, cfg: RunConfig, main: bool) -> in
         print(f"error: the run finished, but writing its files failed: {exc.strerror or exc} "
               f"({exc.filename or 'output file'}).", file=sys.stderr)
         return EXIT_RUN_FAILED
-    return EXIT_RUN_FAILED if record["status"] in ("diverged", "out_of_memory") else 0
+    return EXIT_RUN_FAILED if record["status"] in FAILED else 0
 
 
 def _summary(record: dict) -> None:

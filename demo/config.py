@@ -117,6 +117,8 @@ class RunConfig:
 
 
 def _coerce(name: str, type_name: str, value: Any) -> Any:
+    if value is None:
+        return value  # an emptied field: validation says so in words
     if isinstance(value, str):
         value = value.strip()
     try:
@@ -142,11 +144,15 @@ def _coerce(name: str, type_name: str, value: Any) -> Any:
 def _choice(name: str, value: Any, choices) -> str | None:
     if isinstance(value, str) and value in choices:
         return None
+    if value is None:
+        return f"Choose a {name}: one of {', '.join(choices)}."
     what = repr(value) if isinstance(value, str) and len(value) <= 40 else f"(a {type(value).__name__})"
     return f"Unknown {name} {what}; choose one of: {', '.join(choices)}."
 
 
 def _integer(name: str, value: Any, low: int, high: int) -> str | None:
+    if value is None:  # an emptied field in the app
+        return f"{name.capitalize()} is empty: type a whole number from {low} to {high}."
     if isinstance(value, bool) or not isinstance(value, int):
         return f"{name} must be a whole number, got {shown(value)}."
     if not low <= value <= high:
@@ -155,6 +161,9 @@ def _integer(name: str, value: Any, low: int, high: int) -> str | None:
 
 
 def _number(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> str | None:
+    if value is None:  # an emptied field in the app
+        low_text = f"greater than {low:g}" if low_open else f"from {low:g}"
+        return f"{name.capitalize()} is empty: type a number {low_text} to {high:g}."
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return f"{name} must be a number, got {shown(value)}."
     if isinstance(value, int) and abs(value) > 1e300:

@@ -1,8 +1,8 @@
-"""Looking inside a trained model: J(x) of one example, the ||J(x)||_F field over the plane,
+"""Looking inside a trained model: J(x) of one example, the ‖J(x)‖_F field over the plane,
 perturbed inputs. Everything starts from a run record and a CPU state_dict (what a stopped or
 finished run keeps) and runs on the CPU; results are numpy arrays for `demo.plots`.
 
-For a 2-D input x = (x1, x2), the field is ||J(x)||_F = sqrt(sum_c |grad_x f_c(x)|^2) on a
+For a 2-D input x = (x1, x2), the field is ‖J(x)‖_F = sqrt(sum_c |grad_x f_c(x)|^2) on a
 regular grid over the data's bounding box: where it is large, the logits change fast, and a
 small step can cross the decision boundary.
 """
@@ -79,7 +79,7 @@ def grid(points: torch.Tensor, resolution: int = FIELD_RESOLUTION, margin: float
 
 
 def norm_field(model: nn.Module, points: torch.Tensor, resolution: int = FIELD_RESOLUTION) -> dict[str, Any]:
-    """||J(x)||_F and the predicted class on a grid over the points' bounding box.
+    """‖J(x)‖_F and the predicted class on a grid over the points' bounding box.
 
     Returns {"xs" (R,), "ys" (R,), "norms" (R, R), "predictions" (R, R), "num_classes"}, with
     norms[i, j] and predictions[i, j] at the point (xs[j], ys[i]).

@@ -9,7 +9,7 @@ Builders:
   (training curves, run comparisons and the forum thread's demo all use it).
 - `robustness_figure(runs)`: accuracy against sigma (noise) and epsilon (FGSM, PGD).
 - `jacobian_figure(examples)`: J(x) of one input, per run (C x D heatmap, or df_c/dx images).
-- `field_figure(fields, points)`: ||J(x)||_F over the plane, the decision boundary, the data.
+- `field_figure(fields, points)`: ‖J(x)‖_F over the plane, the decision boundary, the data.
 - `examples_figure(examples)`: perturbed inputs with their predictions.
 - `cost_figure(rows, metrics)`: a training step's cost of each estimator against C.
 """
@@ -88,8 +88,8 @@ TRAINING_PANELS = (
         (Series("history", "train_accuracy", "train"), Series("evaluations", "test_accuracy", "test")),
     ),
     Panel(
-        "Jacobian norm ||J||_F",
-        "||J||_F",
+        "Jacobian norm ‖J‖_F",
+        "‖J‖_F",
         (
             Series("history", "jacobian_norm_estimate", "estimate (train batch)"),
             Series("evaluations", "jacobian_norm", "exact (test subset)"),
@@ -102,12 +102,12 @@ TRAINING_PANELS = (
 COMPARE_PANELS = (
     Panel("Cross-entropy (train)", "cross-entropy", (Series("history", "ce_loss", "cross-entropy"),), log_y=True),
     Panel("Test accuracy", "accuracy", (Series("evaluations", "test_accuracy", "test accuracy"),)),
-    Panel("Exact ||J||_F (test subset)", "||J||_F", (Series("evaluations", "jacobian_norm", "||J||_F"),), log_y=True),
+    Panel("Exact ‖J‖_F (test subset)", "‖J‖_F", (Series("evaluations", "jacobian_norm", "‖J‖_F"),), log_y=True),
 )
 
 # The forum thread's demo: records with one history entry per report (see demo.thread_demo).
 THREAD_PANELS = (
-    Panel("Exact ||J||_F on test data", "||J||_F", (Series("history", "jacobian_norm", "||J||_F"),), log_y=True),
+    Panel("Exact ‖J‖_F on test data", "‖J‖_F", (Series("history", "jacobian_norm", "‖J‖_F"),), log_y=True),
     Panel("Test accuracy", "accuracy", (Series("history", "test_accuracy", "test accuracy"),)),
     Panel(
         "‖d penalty / d parameters‖",
@@ -169,15 +169,17 @@ def steps_figure(runs: Sequence[Run], panels: Sequence[Panel], *, title: str | N
 
 
 def log_ticks(values: Sequence[float]) -> dict[str, Any]:
-    """Tick values and their full labels for a log axis over `values`: 1-2-5 steps (every decade
-    alone over more than three decades), each labelled as a number ("0.02", "50"), never plotly's
-    bare "2" and "5" between decades. Empty (plotly's own ticks) without two positive values."""
+    """Tick values and their full labels for a log axis over `values`: 1-2-5 steps within two
+    decades, 1-3 steps within three, every decade alone beyond (at most about seven labels, which
+    fit a panel 200 px tall: a phone's stacked panels), each labelled as a number ("0.02", "50"),
+    never plotly's bare "2" and "5" between decades. Empty (plotly's own ticks) without two
+    positive values."""
     positive = [float(v) for v in values if v is not None and _finite(v) and v > 0]
     if len(positive) < 1:
         return {}
     low, high = min(positive), max(positive)
     span = high / low
-    mantissas = (1,) if span > 1e3 else (1, 2, 5) if span > 4 else (1, 1.5, 2, 3, 5, 7)
+    mantissas = (1,) if span > 1e3 else (1, 3) if span > 30 else (1, 2, 5) if span > 4 else (1, 1.5, 2, 3, 5, 7)
     ticks = [m * 10.0**d for d in range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1)
              for m in mantissas]
     ticks = [t for t in ticks if low / 1.2 <= t <= high * 1.2]
@@ -256,13 +258,12 @@ def _jacobian_images(examples, scale: float) -> go.Figure:
     row_norms = np.sqrt((jac0.reshape(jac0.shape[0], -1) ** 2).sum(axis=1))
     classes = sorted(np.argsort(-row_norms)[:MAX_CLASS_IMAGES].tolist())
     names = examples[0][1]["class_names"]
-    titles = []
-    for label, ex in examples:
-        titles.append(f"{label}<br>input: pred {names[ex['prediction']]}")
-        titles += [f"df[{names[c]}]/dx" for c in classes]
+    # Short titles: many classes leave each image a narrow column (11 of them across the plot). The
+    # run and its prediction name the row, on the first column's axis.
+    titles = ["input", *(_wrap(str(names[c]), 8) for c in classes)] * len(examples)
     fig = make_subplots(rows=len(examples), cols=1 + len(classes), subplot_titles=titles,
                         horizontal_spacing=0.01, vertical_spacing=0.12)
-    for row, (_, ex) in enumerate(examples, start=1):
+    for row, (label, ex) in enumerate(examples, start=1):
         image = np.asarray(ex["input"]).mean(axis=0)  # (H, W), channels averaged for display
         fig.add_trace(go.Heatmap(z=image, colorscale="gray", showscale=False, zmin=0, zmax=1, name="input"),
                       row=row, col=1)
@@ -270,10 +271,12 @@ def _jacobian_images(examples, scale: float) -> go.Figure:
         for col, c in enumerate(classes, start=2):
             fig.add_trace(
                 go.Heatmap(z=jac[c].sum(axis=0), colorscale=DIVERGING, zmid=0, zmin=-scale, zmax=scale,
-                           showscale=row == 1 and col == 2, name=f"df[{names[c]}]/dx"),
+                           showscale=row == 1 and col == 2, name=f"∂f[{names[c]}]/∂x"),
                 row=row,
                 col=col,
             )
+        fig.update_yaxes(title_text=_wrap(f"{label}: predicts {names[ex['prediction']]}", 18),
+                         title_font_size=11, row=row, col=1)
     _image_axes(fig)
     fig = _layout(fig, None)
     fig.update_layout(height=max(HEIGHT, 230 * len(examples)))
@@ -308,17 +311,17 @@ def _jacobian_matrices(examples, scale: float) -> go.Figure:
 
 
 def field_figure(fields: Sequence[tuple[str, Mapping[str, Any]]], points: Mapping[str, Any] | None = None) -> go.Figure:
-    """||J(x)||_F over the input plane (colour), the decision boundary (white lines) and the
+    """‖J(x)‖_F over the input plane (colour), the decision boundary (white lines) and the
     data points (by class), one panel per run. Fields come from inspect.norm_field."""
     if not fields:
-        return message_figure("The ||J(x)|| field is drawn for 2-D datasets (spirals, moons, circles, xor).")
+        return message_figure("The ‖J(x)‖ field is drawn for 2-D datasets (spirals, moons, circles, xor).")
     fig = make_subplots(rows=1, cols=len(fields), subplot_titles=[label for label, _ in fields])
     top = max(float(np.max(f["norms"])) for _, f in fields)
     for col, (_, field) in enumerate(fields, start=1):
         xs, ys = field["xs"], field["ys"]
         fig.add_trace(
             go.Heatmap(x=xs, y=ys, z=field["norms"], colorscale="Viridis", zmin=0, zmax=top,
-                       colorbar={"title": {"text": "||J||_F"}}, showscale=col == 1, name="||J(x)||_F"),
+                       colorbar={"title": {"text": "‖J‖_F"}}, showscale=col == 1, name="‖J(x)‖_F"),
             row=1,
             col=col,
         )
@@ -351,16 +354,18 @@ def field_figure(fields: Sequence[tuple[str, Mapping[str, Any]]], points: Mappin
     return _layout(fig, None)
 
 
-def examples_figure(examples: Mapping[str, Any]) -> go.Figure:
+def examples_figure(examples: Mapping[str, Any], run: str = "") -> go.Figure:
     """Clean inputs above their perturbed versions with the model's predictions (images), or the
     clean and perturbed points joined by a line (2-D data). From inspect.perturbed."""
     names = examples["class_names"]
     labels, preds = list(examples["labels"]), list(examples["predictions"])
-    title = f"{examples['attack']} at strength {examples['strength']:g}"
+    title = f"{run + ': ' if run else ''}{examples['attack']} at strength {examples['strength']:g}"
     if examples["kind"] == "image":
         n = len(labels)
-        titles = [f"label {names[y]}" for y in labels] + [
-            f"pred {names[p]} {'✓' if p == y else '✗'}" for p, y in zip(preds, labels, strict=True)
+        # Short titles (a column each): the label above the clean input, the prediction above the
+        # perturbed one; the rows are named on the first column's axis.
+        titles = [_wrap(str(names[y]), 8) for y in labels] + [
+            _wrap(f"{names[p]} {'✓' if p == y else '✗'}", 8) for p, y in zip(preds, labels, strict=True)
         ]
         fig = make_subplots(rows=2, cols=n, subplot_titles=titles, horizontal_spacing=0.01, vertical_spacing=0.1)
         for row, key in ((1, "inputs"), (2, "perturbed")):
@@ -369,6 +374,8 @@ def examples_figure(examples: Mapping[str, Any]) -> go.Figure:
                 fig.add_trace(go.Heatmap(z=image, colorscale="gray", zmin=0, zmax=1, showscale=False, name=key),
                               row=row, col=col)
         _image_axes(fig)
+        fig.update_yaxes(title_text="label", row=1, col=1)
+        fig.update_yaxes(title_text="prediction", row=2, col=1)
         fig.update_annotations(font_size=11)
         return _layout(fig, title)
     clean, moved = np.asarray(examples["inputs"]), np.asarray(examples["perturbed"])
@@ -430,7 +437,7 @@ def _finite(value: Any) -> bool:
 
 
 def tradeoff_figure(rows: Sequence[Mapping[str, Any]], epsilon: float) -> go.Figure:
-    """A sweep's trade-off: clean against robust accuracy (the Pareto front joined), and ||J||_F
+    """A sweep's trade-off: clean against robust accuracy (the Pareto front joined), and ‖J‖_F
     against the strength on log axes; one colour per regulariser. Rows as demo.sweep.table gives."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=[f"clean vs PGD accuracy at ε = {epsilon:g}",
                                                         "‖J‖_F against the strength"])

@@ -1,8 +1,11 @@
 """A run record: the JSON-able summary of a run that the CLI writes and the UI draws.
 
 `Recorder` folds the events of `train()` into the record as they arrive, so a consumer that
-stops early (the UI's Stop, a closed generator) still holds everything received so far:
-status "stopped" until a `Finished` event says otherwise.
+stops early (the UI's Stop, a closed generator) still holds everything received so far.
+
+Status: "running" while events arrive; `Recorder.stop()` (a consumer that ends the stream early)
+makes it "stopped"; the `Finished` event sets the engine's outcome: "completed", "diverged",
+"time_budget" or "out_of_memory". `kept(record)` is a record as it stands if its stream ends now.
 
 Schema (also the CLI's `--json`):
     config, device, status, message, dataset, num_parameters,
@@ -26,12 +29,15 @@ from torch import Tensor
 
 from demo.train import Evaluation, Finished, Progress, Robustness, RunConfig, Started, final_metrics
 
+RUNNING, STOPPED, COMPLETED = "running", "stopped", "completed"
+FAILED = ("diverged", "out_of_memory")  # outcomes whose numbers are not a trained model's
+
 
 def new_record(cfg: RunConfig) -> dict[str, Any]:
     return {
         "config": cfg.to_dict(),
         "device": "",
-        "status": "stopped",
+        "status": RUNNING,
         "message": "",
         "dataset": {},
         "num_parameters": 0,
@@ -80,6 +86,15 @@ class Recorder:
             record["final"] = dict(event.final) if event.final else _partial_final(record)
             if event.state_dict:
                 self.state_dict = event.state_dict
+
+    def stop(self) -> None:
+        """The consumer ended the stream before `Finished`: the run is kept as stopped."""
+        self.record = kept(self.record)
+
+
+def kept(record: dict[str, Any]) -> dict[str, Any]:
+    """`record` as it stands if its stream ends now: a running run is a stopped one."""
+    return {**record, "status": STOPPED} if record["status"] == RUNNING else record
 
 
 def _partial_final(record: dict[str, Any]) -> dict[str, float]:

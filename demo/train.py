@@ -281,7 +281,7 @@ def collapse_message(cfg: RunConfig, test_accuracy: float, num_classes: int) -> 
     """What to say when a run that finished predicts no better than chance, or "" when it learned.
 
     A model pushed flat by a huge penalty (or thrown about by a huge learning rate) ends "completed"
-    with accuracy 1/C and ||J|| near 0: numbers that look like success unless someone says so.
+    with accuracy 1/C and ‖J‖ near 0: numbers that look like success unless someone says so.
     """
     chance = 1.0 / num_classes
     if not (math.isfinite(test_accuracy) and test_accuracy <= chance + COLLAPSE_MARGIN):
@@ -293,7 +293,7 @@ def collapse_message(cfg: RunConfig, test_accuracy: float, num_classes: int) -> 
         causes.append(f"the learning rate {cfg.lr:g} is very large: try 0.001")
     advice = "; ".join(causes) if causes else "lower the strength or the learning rate, or train longer"
     return (f"The model collapsed to chance: test accuracy {test_accuracy:.3f} with {num_classes} classes "
-            f"(chance is {chance:.3f}), so its small ||J|| means nothing; {advice}.")
+            f"(chance is {chance:.3f}), so its small ‖J‖ means nothing; {advice}.")
 
 
 def _step(cfg, model, penalised, optimizer, params, x, y, probes) -> tuple[Tensor, Tensor | None, Tensor]:

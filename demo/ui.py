@@ -23,10 +23,11 @@ import torch
 from starlette.middleware import Middleware
 
 from demo import limits as limits_module
-from demo import memory, server
+from demo import memory, pace, page, server
 from demo.config import RunConfig
 from demo.views import controls as controls_view
 from demo.views import cost as cost_view
+from demo.views import duration as duration_view
 from demo.views import jacobian as jacobian_view
 from demo.views import robustness as robustness_view
 from demo.views import runs as runs_view
@@ -35,6 +36,7 @@ from demo.views import sharing
 from demo.views import sweep as sweep_view
 from demo.views import thread as thread_view
 from demo.views import training as training_view
+from demo.views.streaming import StopRequests
 
 __all__ = ["build_demo", "launch"]
 
@@ -46,13 +48,6 @@ INTRO = (
     "input-output Jacobian, and see what the penalty does: smaller and smoother Jacobians, accuracy "
     "under noise and attacks, and what each estimator costs. Defaults: a few-second run on 8×8 digits."
 )
-CSS = """
-.jp-status, .jp-sweep-status { font-size: 0.95em; padding: 4px 2px; }
-.jp-status progress, .jp-sweep-status progress { width: 12em; vertical-align: middle; margin-right: 0.5em; }
-.jp-hint { font-size: 0.85em; opacity: 0.8; }
-/* short headers ("run", "seed") must not break mid-word */
-#jp-runs th, #jp-runs th * { word-break: keep-all; overflow-wrap: normal; white-space: nowrap; }
-"""
 
 
 def refresh_views(views: tuple, session: dict | None) -> dict:
@@ -63,20 +58,6 @@ def refresh_views(views: tuple, session: dict | None) -> dict:
         **robustness_view.choices_update(robustness, session),
         **runs_view.choices_update(runs, session),
     }
-
-
-def after_stop(views: tuple, status: gr.HTML, session: dict | None) -> dict:
-    """Once Stop took effect: the status line says what the kept partial run holds."""
-    return {status: training_view.after_stop(session), **refresh_views(views, session)}
-
-
-def after_run(views: tuple, status: gr.HTML, session: dict | None) -> dict:
-    """After the train event ended, also when Stop cancelled it: the views follow the runs, and a
-    stopped run's status line is redrawn from its last update. Stop's own .then runs at the click,
-    while the cancelled generator may still add an update (seen here: one report, 25 steps)."""
-    runs = (session or {}).get("runs") or [{}]
-    stopped = runs[-1].get("record", {}).get("status") == training_view.RUNNING
-    return after_stop(views, status, session) if stopped else refresh_views(views, session)
 
 
 def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
@@ -113,10 +94,12 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
         controls_view.wire(controls)
         # One memory estimator per app: its probes describe models, and are shared by the sessions.
         estimator = memory.Estimator()
-        train_event, stop_event = training_view.wire(training, controls, session, space, estimator)
+        # One registry of Stop requests per app: it describes running handlers, keyed by session.
+        train_event = training_view.wire(training, controls, session, space, estimator, StopRequests())
         jacobian_view.wire(jacobian, session)
         robustness_view.wire(robustness, session, space)
         runs_view.wire(runs, session)
+        duration_view.wire(controls, space, pace.Paces(), estimator, demo.load)
         sweep_event = sweep_view.wire(sweep, controls, session, space, estimator)
         thread_view.wire(thread, controls, space, estimator)
         cost_view.wire(cost, controls, space, estimator)
@@ -133,10 +116,8 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
 
         views = (jacobian, robustness, runs)
         refreshed = list(refresh_views(views, None))  # the components whose choices follow the runs
-        train_event.then(partial(after_run, views, training.status), session, [training.status, *refreshed],
-                         api_visibility="private", show_progress="hidden")
-        stop_event.then(partial(after_stop, views, training.status), session, [training.status, *refreshed],
-                        api_visibility="private", show_progress="hidden")
+        train_event.then(partial(refresh_views, views), session, refreshed, api_visibility="private",
+                         show_progress="hidden")
         sweep_event.then(partial(refresh_views, views), session, refreshed, api_visibility="private",
                          show_progress="hidden")
     # api_open=False: no REST route around the queue (POST /gradio_api/run/<api> answers 404), so
@@ -164,14 +145,14 @@ def launch(demo: gr.Blocks, **options) -> None:
     }
     server.remove_stale_folders()
     if options.get("prevent_thread_lock"):
-        demo.launch(share=False, theme=gr.themes.Soft(), css=CSS, **options)
+        demo.launch(share=False, theme=gr.themes.Soft(), css=page.CSS, js=page.SCRIPT, **options)
         return
     # Blocking: serve until interrupted (Ctrl-C, or SIGTERM turned into the same), then remove
     # this server's session folders.
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
     try:
-        demo.launch(share=False, theme=gr.themes.Soft(), css=CSS, **options)
+        demo.launch(share=False, theme=gr.themes.Soft(), css=page.CSS, js=page.SCRIPT, **options)
     finally:
         server.remove_own_folders()
 

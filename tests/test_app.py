@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from demo.config import ConfigError, RunConfig
 from demo.limits import Limits, apply
 from demo.record import new_record
 from demo.views import session as sessions
-from demo.views.training import HEAVY, SKIP, Throttle
+from demo.views.streaming import HEAVY, SKIP, Throttle
 
 # The default run takes a few seconds on an idle CPU; on a loaded CI machine the time limit
 # ends it early (status "time_budget"), which still ends with figures.
@@ -63,7 +64,7 @@ def test_every_endpoint_is_named_and_train_has_defaults(client):
     params = named["/train"]["parameters"]
     assert [p["parameter_name"] for p in params] == [
         "dataset", "arch", "penalty", "method", "num_projections", "target",
-        "steps", "batch_size", "lr", "seed", "device", "robustness",
+        "steps", "batch_size", "lr", "seed", "device", "robustness", "num_classes",
     ]
     assert all(p["parameter_has_default"] for p in params)
     assert {p["parameter_name"]: p["parameter_default"] for p in params}["dataset"] == "digits"
@@ -88,7 +89,7 @@ def test_cancel_stops_training_and_keeps_the_partial_run(client):
     steps = 20_000
     job = client.submit(steps=steps, robustness=False, api_name="/train")
     # Wait for a heavy update that shows progress, so the session holds the run in progress.
-    wait_for(lambda: any(isinstance(o[0], str) and "samples/s" in o[0] for o in job.outputs()))
+    wait_for(lambda: any(isinstance(o[0], str) and re.search(r"step [1-9]\d* of", o[0]) for o in job.outputs()))
     job.cancel()
     wait_for(lambda: job.status().code.name == "CANCELLED")
     with pytest.raises(Exception):  # noqa: B017 - CancelledError from concurrent.futures
@@ -161,6 +162,10 @@ def test_views_of_a_run_on_2d_data(client):
     assert plotly(heatmap)["data"][0]["type"] == "heatmap"
     assert plotly(jac_field)["data"][0]["type"] == "heatmap"
     assert "Test example 3" in info
+    # Negative numbers count from the end of the test set, as Python's indices do.
+    last = len(data.load("moons", seed=0).x_test) - 1
+    _, _, info = client.predict("", "", -1, api_name="/jacobian")
+    assert f"Test example {last}," in info
 
     robustness = plotly(client.predict([], api_name="/robustness"))
     assert {trace["name"] for trace in robustness["data"]} == {"#1 λ=0.01 projection"}

@@ -45,15 +45,13 @@ expect = sync_api.expect
 # Quiet on a closed network: no update checks, sync or component downloads.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-VIEWPORT = {"width": 1280, "height": 800}
+VIEWPORT = {"width": 1400, "height": 900}
+PHONE = {"width": 420, "height": 860}
 SERVER_START_S = 120  # importing torch and gradio on a loaded 2-core machine
 RUN_MS = 90_000  # ms: one 300-step run with robustness, on a loaded machine
 VIEW_MS = 60_000  # ms: a view's figure after a click
 STEPS = 300
 LONG_STEPS = 20_000  # a run that Stop must end (JP_MAX_SECONDS bounds it if Stop fails)
-# Stop click to no more steps: 1-3 s here; up to ~17 s seen while other jobs kept this 2-core
-# machine busy (the browser itself lags: the click reaches the server late).
-STOP_WITHIN_S = 30.0
 SHOTS = ROOT / "docs" if os.environ.get("UPDATE_SCREENSHOTS") == "1" else None
 
 
@@ -174,8 +172,17 @@ def control(page, label: str):
     return page.get_by_label(label, exact=True).filter(visible=True).first
 
 
+def estimate(page):
+    return page.locator(".jp-estimate")
+
+
 def open_tab(page, name: str):
-    page.get_by_role("tab", name=name, exact=True).click()
+    tab = page.get_by_role("tab", name=name, exact=True)
+    if tab.count() and tab.is_visible():
+        tab.click()
+    else:  # a narrow page keeps some tabs behind "More tabs"
+        page.get_by_role("button", name="More tabs").click()
+        page.locator(".overflow-dropdown button", has_text=name).click()
     panel = page.get_by_role("tabpanel").filter(visible=True)
     expect(panel).to_have_count(1)
     return panel
@@ -208,6 +215,28 @@ def choose(page, scope, label: str, *options: str) -> None:
     box.blur()  # closes the list; the next click opens it again
 
 
+TEXT_BOXES = """chart => [...chart.querySelectorAll(
+    '.infolayer .annotation-text, .xtick text, .ytick text, .g-xtitle text, .g-ytitle text, .gtitle')]
+  .filter(e => e.textContent.trim() && e.getBoundingClientRect().width > 0)
+  .map(e => { const r = e.getBoundingClientRect();
+              return {x: r.x, y: r.y, w: r.width, h: r.height, text: e.textContent}; })"""
+
+
+def assert_readable(chart) -> None:
+    """No two texts of a figure (panel titles, tick labels, axis titles) overlap on screen."""
+    boxes = chart.evaluate(TEXT_BOXES)
+    assert boxes, "the figure has no text"
+    clashes = [(a["text"], b["text"]) for i, a in enumerate(boxes) for b in boxes[i + 1:]
+               if a["x"] < b["x"] + b["w"] - 1 and b["x"] < a["x"] + a["w"] - 1
+               and a["y"] < b["y"] + b["h"] - 1 and b["y"] < a["y"] + a["h"] - 1]
+    assert clashes == []
+
+
+def last_test_accuracy(chart) -> float:
+    """The last point of the "test" curve, as the browser drew it."""
+    return chart.evaluate("gd => { const t = gd.data.find(t => t.name === 'test'); return t.y[t.y.length - 1]; }")
+
+
 def run_table(page) -> list[dict[str, str]]:
     grid = page.get_by_role("grid", name="This session's runs")
     header = [text.strip() for text in grid.get_by_role("columnheader").all_inner_texts()]
@@ -222,6 +251,8 @@ def train(page, *, run: int, dataset: str | None = None, penalty: str | None = N
     open_tab(page, "Training")
     if dataset:
         choose(page, page, "Dataset", dataset)
+        # The page fits Steps to a new dataset (a measured probe) before our own count goes in.
+        expect(estimate(page)).to_contain_text(f"{dataset} · ", timeout=VIEW_MS)
     if preset is not None:  # the λ preset buttons set the field in the browser
         page.get_by_role("button", name=preset, exact=True).click()
         expect(control(page, "Penalty weight λ")).to_have_value(preset)
@@ -280,8 +311,10 @@ def test_training_streams_curves_and_the_2d_field(page, runs, shots):
     expect_drawn(curves, min_traces=4)  # cross-entropy, λ × penalty, train and test accuracy, ...
     for title in ("Loss terms", "Accuracy"):
         expect(curves.get_by_text(title, exact=True)).to_be_visible()
-    field = plot(panel, "||J(x)||_F over the input plane, decision boundary and test points")
+    assert_readable(curves)
+    field = plot(panel, "‖J(x)‖_F over the input plane, decision boundary and test points")
     expect_drawn(field, min_traces=2)  # the heatmap and the test points (moons is 2-D)
+    assert_readable(field)
     screenshot(page, page, "app", shots)
     screenshot(page, panel, "training", shots)
 
@@ -294,6 +327,7 @@ def test_jacobian_view_compares_two_runs(page, runs, shots):
     expect(panel.get_by_text(re.compile(r"#1 λ=0 projection: predicts"))).to_be_visible(timeout=VIEW_MS)
     expect(panel.get_by_text(re.compile(r"#2 λ=0.01 projection: predicts"))).to_be_visible()
     expect_drawn(plot(panel, "Jacobian of the logits"), min_traces=2)
+    assert_readable(plot(panel, "Jacobian of the logits"))
     screenshot(page, panel, "jacobian", shots)
 
 
@@ -304,9 +338,13 @@ def test_robustness_view_overlays_runs_and_shows_perturbed_inputs(page, runs, sh
     expect_drawn(figure, min_traces=6)  # two runs x (noise, FGSM, PGD)
     expect(figure.locator(".legendtext", has_text="#1 λ=0 projection")).to_be_attached()
     expect(figure.locator(".legendtext", has_text="#2 λ=0.01 projection")).to_be_attached()
+    assert_readable(figure)
+    # The perturbed inputs follow the chosen run, without a click on "Show perturbed inputs".
     choose(page, panel, "Run", "#2 λ=0.01")
-    panel.get_by_role("button", name="Show perturbed inputs").click()
-    expect_drawn(plot(panel, "Perturbed test inputs and the run's predictions"))
+    examples = plot(panel, "Perturbed test inputs and the run's predictions")
+    expect(examples.locator(".gtitle")).to_contain_text("#2 λ=0.01", timeout=VIEW_MS)
+    expect_drawn(examples)
+    assert_readable(examples)
     screenshot(page, panel, "robustness", shots)
 
 
@@ -344,41 +382,38 @@ def test_cost_view_measures_the_estimators(page, shots):
     measurements = panel.get_by_role("grid", name="Measurements").get_by_role("row")
     expect(measurements).to_have_count(1 + 2 * 5, timeout=VIEW_MS)  # header + C in (10, 100) x 5 kinds of step
     expect_drawn(plot(panel, "Cost of a training step against C"), min_traces=5)
+    assert_readable(plot(panel, "Cost of a training step against C"))
     expect(measure).to_be_enabled(timeout=VIEW_MS)
     screenshot(page, panel, "cost", shots)
 
 
-def test_stop_ends_a_long_run_and_keeps_it(page, runs, request):
-    open_tab(page, "Training")
+def test_stop_ends_a_long_run_and_keeps_it_with_the_numbers_the_curves_show(page, runs):
+    panel = open_tab(page, "Training")
     control(page, "Steps").fill(str(LONG_STEPS))
     control(page, "Measure robustness at the end (noise, FGSM, PGD)").uncheck()
     train_button(page).click()
     expect(status(page)).to_contain_text(re.compile(rf"Run #4: step [1-9]\d* of {LONG_STEPS}"), timeout=RUN_MS)
-    clicked = time.monotonic()
+    page.wait_for_timeout(1500)  # past an evaluation: the status line then carries numbers
     page.get_by_role("button", name="Stop", exact=True).click(timeout=VIEW_MS)
     expect(status(page)).to_contain_text(re.compile(r"Run #4 .*Stopped at step \d+"), timeout=VIEW_MS)
+    text = status(page).inner_text()
+    step = int(re.search(r"Stopped at step (\d+)", text).group(1))
+    # The status line and the curves come from one record: the same last evaluation.
+    shown = float(re.search(r"test accuracy (\d\.\d+)", text).group(1))
+    assert shown == pytest.approx(last_test_accuracy(plot(panel, "Training curves")), abs=5e-4)
 
-    # The run's steps in the Runs table stop changing: training has ended.
+    # The Runs table keeps the run, stopped at that step, and it trains no further.
     open_tab(page, "Runs")
     refresh = page.get_by_role("button", name="Refresh", exact=True)
-    previous, stopped_at, rows = None, None, {}
-    while stopped_at is None and time.monotonic() - clicked < STOP_WITHIN_S + 10:
-        refresh.click()
-        page.wait_for_timeout(1000)
-        rows = {row["run"]: row for row in run_table(page)}
-        steps = rows.get("4", {}).get("steps")
-        if steps is not None and steps == previous:
-            stopped_at = time.monotonic() - 1.0  # the steps were already this a second ago
-        previous = steps
-    assert stopped_at is not None, "the stopped run's steps kept changing"
-    latency = stopped_at - clicked
-    request.node.user_properties.append(("stop_latency_s", round(latency, 1)))
-    print(f"Stop took effect {latency:.1f} s after the click")
-    assert latency < STOP_WITHIN_S, f"training went on {latency:.1f} s after Stop"
-    run = rows["4"]
-    assert run["status"] == "stopped" and 0 < int(run["steps"]) < LONG_STEPS
-    # The status line ends up telling the same story as the table.
-    expect(status(page)).to_contain_text(f"Stopped at step {run['steps']} of {LONG_STEPS}")
+    refresh.click()
+    expect(page.get_by_role("grid", name="This session's runs").get_by_role("row")).to_have_count(5,
+                                                                                                  timeout=VIEW_MS)
+    row = {r["run"]: r for r in run_table(page)}["4"]
+    assert (row["status"], int(row["steps"])) == ("stopped", step)
+    page.wait_for_timeout(1500)
+    refresh.click()
+    page.wait_for_timeout(500)
+    assert int({r["run"]: r for r in run_table(page)}["4"]["steps"]) == step
 
 
 def test_download_a_run_record(page, runs, tmp_path):
@@ -466,10 +501,117 @@ def test_the_jacobian_tab_survives_a_change_of_dataset_and_the_page_keeps_traini
     choose(page, panel, "Run", "#3 λ=0.01")  # moons
     choose(page, panel, "Compare with", "#1 λ=0 ")
     panel.get_by_role("button", name="Show", exact=True).click()
-    expect_drawn(plot(panel, "||J(x)||_F over the input plane (2-D data)"), min_traces=2)
+    expect_drawn(plot(panel, "‖J(x)‖_F over the input plane (2-D data)"), min_traces=2)
     open_tab(page, "Runs")
     page.get_by_role("button", name="Refresh", exact=True).click()
     page.wait_for_timeout(1000)
     next_run = len(run_table(page)) + 1
     train(page, run=next_run, dataset="digits", steps=STEPS, robustness=False)
     expect(status(page)).to_contain_text(f"Run #{next_run}")
+    # Every panel follows the runs: files prepared for an earlier run are gone from Runs, and the
+    # perturbed inputs are the new newest run's.
+    panel = open_tab(page, "Runs")
+    expect(block(panel, "Run record (JSON)").get_by_role("link")).to_have_count(0)
+    panel = open_tab(page, "Robustness")
+    choose(page, panel, "Run", "newest run")
+    examples = plot(panel, "Perturbed test inputs and the run's predictions")
+    expect(examples.locator(".gtitle")).to_contain_text(f"#{next_run} ", timeout=VIEW_MS)
+
+
+def new_page(browser, server, problems, viewport):
+    url, _ = server
+    context = browser.new_context(viewport=viewport, device_scale_factor=1)
+    page = context.new_page()
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on("console", lambda message: _console(message, url, problems))
+    page.goto(url)
+    expect(train_button(page)).to_be_visible(timeout=VIEW_MS)
+    return context, page
+
+
+def in_view(page, locator) -> bool:
+    box = locator.bounding_box()
+    return box is not None and box["y"] >= 0 and box["y"] + box["height"] <= page.viewport_size["height"]
+
+
+def test_on_a_phone_train_stays_in_reach_and_panels_stack(browser, server, problems, shots):
+    context, page = new_page(browser, server, problems, PHONE)
+    try:
+        assert in_view(page, train_button(page))  # at the top of a long single column ...
+        page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+        assert in_view(page, train_button(page))  # ... and at its bottom
+        control(page, "Steps").fill(str(STEPS))
+        train_button(page).click()
+        expect(status(page)).to_contain_text(re.compile(rf"Run #1 .*Finished {STEPS} steps"), timeout=RUN_MS)
+        curves = plot(open_tab(page, "Training"), "Training curves")
+        expect_drawn(curves, min_traces=4)
+        # One panel per row, full width: every x axis spans the figure, each y axis its own band.
+        domains = curves.evaluate("""gd => Object.keys(gd._fullLayout).filter(k => /^[xy]axis\\d*$/.test(k))
+            .map(k => [k, gd._fullLayout[k].domain])""")
+        assert sorted(d for k, d in domains if k.startswith("x")) == [[0, 1]] * 3
+        bands = sorted(d for k, d in domains if k.startswith("y"))
+        assert all(low[1] <= high[0] for low, high in zip(bands, bands[1:], strict=False))
+        assert_readable(curves)
+        page.evaluate("window.scrollTo(0, 0)")
+        screenshot(page, page, "phone", shots)
+        panel = open_tab(page, "Robustness")
+        for label in ("Accuracy against perturbation strength", "Perturbed test inputs and the run's predictions"):
+            expect_drawn(plot(panel, label))
+            assert_readable(plot(panel, label))
+    finally:
+        context.close()
+
+
+def test_settings_say_how_long_a_run_takes_and_refusals_leave_the_page_as_it_was(browser, server, problems,
+                                                                                 tmp_path):
+    context, page = new_page(browser, server, problems, VIEWPORT)
+    try:
+        expect(estimate(page)).to_contain_text(re.compile(r"digits · mlp · 1500 steps: about [\d.]+ s here on the"),
+                                               timeout=VIEW_MS)
+        # Another architecture: Steps becomes the count that fits a short run, measured here.
+        choose(page, page, "Architecture", "lenet")
+        expect(estimate(page)).to_contain_text("· lenet ·", timeout=VIEW_MS)
+        fitted = int(re.search(r"lenet · (\d+) steps", estimate(page).inner_text()).group(1))
+        expect(control(page, "Steps")).to_have_value(str(fitted))
+        # A count the visitor typed stays theirs.
+        control(page, "Steps").fill("200")
+        expect(estimate(page)).to_contain_text("lenet · 200 steps", timeout=VIEW_MS)
+        choose(page, page, "Architecture", "mlp")
+        expect(estimate(page)).to_contain_text("mlp · 200 steps", timeout=VIEW_MS)
+        expect(control(page, "Steps")).to_have_value("200")
+
+        # The synthetic set's class count is a control, shown for that set only.
+        classes = page.get_by_label("Classes of the synthetic set", exact=True)
+        expect(classes).to_be_hidden()
+        choose(page, page, "Dataset", "synthetic")
+        expect(estimate(page)).to_contain_text("synthetic · mlp", timeout=VIEW_MS)
+        classes.fill("30")
+        control(page, "Steps").fill("10")
+        control(page, "Measure robustness at the end (noise, FGSM, PGD)").uncheck()
+        train_button(page).click()
+        expect(status(page)).to_contain_text(re.compile(r"Run #1 .*Finished 10 steps"), timeout=RUN_MS)
+
+        # A refused Train: a toast in plain words; the status line and curves stay readable.
+        control(page, "Steps").fill("-3")
+        train_button(page).click()
+        expect(page.locator(".toast-body")).to_contain_text("steps must be between 1", timeout=VIEW_MS)
+        expect(page.locator(".wrap span.error").filter(visible=True)).to_have_count(0)
+        expect(status(page)).to_contain_text("Run #1")
+
+        # The record says 30 classes; the Jacobian's titles stay apart however many there are.
+        panel = open_tab(page, "Runs")
+        panel.get_by_role("button", name="Prepare downloads").click()
+        link = block(panel, "Run record (JSON)").get_by_role("link")
+        expect(link).to_have_attribute("download", "run-1.json", timeout=VIEW_MS)
+        with page.expect_download() as download:
+            link.click()
+        path = tmp_path / "run-1.json"
+        download.value.save_as(path)
+        record = json.loads(path.read_text())
+        assert record["config"]["num_classes"] == record["dataset"]["num_classes"] == 30
+        panel = open_tab(page, "Jacobian")
+        heatmap = plot(panel, "Jacobian of the logits")
+        expect_drawn(heatmap, min_traces=2)
+        assert_readable(heatmap)
+    finally:
+        context.close()

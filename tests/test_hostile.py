@@ -25,7 +25,7 @@ BIG = "1" + "0" * 400  # 10**400 as a JSON integer: Python reads it, float() ove
 
 TRAIN = {"dataset": "moons", "arch": "mlp", "penalty": 0.01, "method": "projection", "num_projections": 1,
          "target": "logits", "steps": 20, "batch_size": 32, "lr": 0.01, "seed": 0, "device": "cpu",
-         "robustness": False}
+         "robustness": False, "num_classes": 100}
 THREAD = {"dataset": "moons", "arch": "mlp", "seed": 0, "batch_size": 32, "lr": 0.01, "method": "projection",
           "device": "cpu", "penalty": 0.1, "steps": 5, "warmup_steps": 5}
 COST = {"arch": "mlp", "dataset": "moons", "device": "cpu", "classes": [10], "methods": ["projection"],
@@ -49,6 +49,7 @@ HOSTILE = [
     ("train-batch-zero", "train", TRAIN, "batch_size", "0", ("batch size",)),
     ("train-projections-huge", "train", TRAIN, "num_projections", "1e9", ("projections",)),
     ("train-device-odd", "train", TRAIN, "device", '"cuda:99"', ("device",)),
+    ("train-classes-huge", "train", {**TRAIN, "dataset": "synthetic"}, "num_classes", "1e9", ("number of classes",)),
     ("train-missing-values", "train", TRAIN, None, "[]", ("values", "expects")),
     ("train-extra-values", "train", TRAIN, None, "[" + ",".join(["1"] * 20) + "]", ("values", "expects")),
     ("thread-lr-10e400", "thread", THREAD, "lr", BIG, ("learning rate",)),
@@ -66,7 +67,7 @@ HOSTILE = [
     ("jacobian-example-text", "jacobian", JACOBIAN, "example", '"abc"', ("example",)),
     ("jacobian-example-nan", "jacobian", JACOBIAN, "example", "NaN", ("example",)),
     ("jacobian-example-10e400", "jacobian", JACOBIAN, "example", BIG, ("example",)),
-    ("jacobian-example-negative", "jacobian", JACOBIAN, "example", "-3", ("example",)),
+    ("jacobian-example-far-negative", "jacobian", JACOBIAN, "example", "-1e7", ("example",)),
     ("jacobian-run-path", "jacobian", JACOBIAN, "run", '"../x"', ("run",)),
     ("jacobian-run-object", "jacobian", JACOBIAN, "run", "{}", ("run",)),
     ("perturbed-strength-text-nan", "perturbed", PERTURBED, "strength", '"NaN"', ("strength",)),

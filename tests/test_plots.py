@@ -55,7 +55,7 @@ def test_training_curves_of_one_run_follow_the_record():
     layout = fig.layout
     assert [layout.xaxis.title.text, layout.xaxis2.title.text] == ["step", "step"]
     assert [layout.yaxis.title.text, layout.yaxis2.title.text, layout.yaxis3.title.text] == [
-        "loss", "accuracy", "||J||_F"]
+        "loss", "accuracy", "‖J‖_F"]
     assert [layout.yaxis.type, layout.yaxis2.type, layout.yaxis3.type] == ["log", "linear", "log"]
     assert [a.text for a in layout.annotations] == [p.title for p in plots.TRAINING_PANELS]
     # One legend serves all panels: each series needs its own colour to be told apart there.
@@ -128,14 +128,16 @@ def test_jacobian_images_show_each_class_row_with_one_colour_scale():
     examples = [("run 1", image_example(1.0)), ("run 2", image_example(0.5, prediction=2))]
     fig = plots.jacobian_figure(examples)
     assert len(fig.data) == 2 * (1 + 3)  # per run: the input and one image per class
-    assert [t.name for t in fig.data[:4]] == ["input", "df[a]/dx", "df[b]/dx", "df[c]/dx"]
+    assert [t.name for t in fig.data[:4]] == ["input", "∂f[a]/∂x", "∂f[b]/∂x", "∂f[c]/∂x"]
     jac = examples[0][1]["jacobian"]
     np.testing.assert_allclose(np.asarray(fig.data[2].z), jac[1].sum(axis=0))  # channels summed
     np.testing.assert_allclose(np.asarray(fig.data[7].z), examples[1][1]["jacobian"][2].sum(axis=0))
     top = float(np.abs(jac).max())
     assert all(t.zmin == -top and t.zmax == top for t in fig.data if t.name != "input")
     titles = [a.text for a in fig.layout.annotations]
-    assert titles[0] == "run 1<br>input: pred b" and titles[4] == "run 2<br>input: pred c"
+    assert titles == ["input", "a", "b", "c"] * 2
+    # Each row is named by its run and that run's prediction, on its first column's axis.
+    assert fig.layout.yaxis.title.text == "run 1: predicts b" and fig.layout.yaxis5.title.text == "run 2: predicts c"
     # Square pixels, first row on top.
     assert fig.layout.yaxis3.scaleanchor == "x3" and fig.layout.yaxis3.autorange == "reversed"
 
@@ -147,7 +149,7 @@ def test_jacobian_images_keep_the_classes_with_the_largest_rows():
                "class_names": [str(i) for i in range(12)], "kind": "image"}
     names = [t.name for t in plots.jacobian_figure([("r", example)]).data]
     assert len(names) == 1 + plots.MAX_CLASS_IMAGES
-    assert {"df[0]/dx", "df[5]/dx", "df[11]/dx"} <= set(names)
+    assert {"∂f[0]/∂x", "∂f[5]/∂x", "∂f[11]/∂x"} <= set(names)
 
 
 def test_jacobian_of_points_is_a_c_by_d_matrix():
@@ -191,8 +193,10 @@ def test_perturbed_images_are_shown_above_their_originals_with_predictions():
     assert len(fig.data) == 4
     assert [t.name for t in fig.data] == ["inputs", "inputs", "perturbed", "perturbed"]
     np.testing.assert_allclose(np.asarray(fig.data[3].z), np.ones((2, 2)))
-    assert [a.text for a in fig.layout.annotations] == ["label 3", "label 4", "pred 3 ✓", "pred 1 ✗"]
+    assert [a.text for a in fig.layout.annotations] == ["3", "4", "3 ✓", "1 ✗"]
+    assert (fig.layout.yaxis.title.text, fig.layout.yaxis3.title.text) == ("label", "prediction")
     assert fig.layout.title.text == "fgsm at strength 0.1"
+    assert plots.examples_figure(examples, run="#2 λ=0.01").layout.title.text == "#2 λ=0.01: fgsm at strength 0.1"
 
 
 def test_perturbed_points_are_joined_to_their_originals():
@@ -231,10 +235,11 @@ def test_robustness_figure_states_the_masking_flags_of_its_runs():
     assert not any("⚠" in a.text for a in unflagged.layout.annotations)
 
 
-@pytest.mark.parametrize("values", [[0.0012, 0.9], [2.1, 3.9], [59.9, 5.3, 0.4], [1e-4, 10.0, 250.0]])
+@pytest.mark.parametrize("values", [[0.0012, 0.9], [2.1, 3.9], [59.9, 5.3, 0.4], [1e-4, 10.0, 250.0], [0.005, 2.0],
+                                    [0.5, 1.0], [3.0, 100.0]])
 def test_log_axes_label_every_tick_with_its_full_value(values):
     ticks = plots.log_ticks(values)
-    assert len(ticks["tickvals"]) >= 2
+    assert 2 <= len(ticks["tickvals"]) <= 8  # few enough to fit a phone's panel
     for value, text in zip(ticks["tickvals"], ticks["ticktext"], strict=True):
         assert float(text) == pytest.approx(value, rel=1e-2)  # "0.02", not a bare "2"
         assert min(values) / 1.2 <= value <= max(values) * 1.2

@@ -48,7 +48,7 @@ GENERIC = "has not enabled verbose error reporting"
 TRAIN_DEFAULTS = {
     "dataset": "digits", "arch": "mlp", "penalty": 0.01, "method": "projection", "num_projections": 1,
     "target": "logits", "steps": 30, "batch_size": 64, "lr": 0.001, "seed": 0, "device": "cpu",
-    "robustness": False,
+    "robustness": False, "num_classes": 100,
 }
 
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
@@ -300,8 +300,8 @@ def test_limits_from_the_environment_reach_the_app(monkeypatch):
     assert demo._queue.max_size == 3
     [train_fn] = [fn for fn in demo.fns.values() if fn.api_name == "train"]
     assert train_fn.concurrency_limit == 2
-    [state] = [block for block in demo.blocks.values() if type(block).__name__ == "State"]
-    assert state.time_to_live == 90.0
+    states = [block for block in demo.blocks.values() if type(block).__name__ == "State"]
+    assert states and all(state.time_to_live == 90.0 for state in states)
     from demo.views.controls import config_from
 
     assert config_from({"steps": 300}, Limits.from_env()).time_budget == 7.0

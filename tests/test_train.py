@@ -110,9 +110,11 @@ def test_closing_the_generator_stops_training_and_keeps_the_partial_run():
     stream = train(cfg)
     for event in itertools.islice(stream, 6):
         recorder.add(event)
+    assert recorder.record["status"] == "running"
     stream.close()  # what a UI's Stop does to the handler's generator
     with pytest.raises(StopIteration):
         next(stream)
+    recorder.stop()  # the consumer ended the stream: the run is kept as stopped
     record = recorder.record
     assert record["status"] == "stopped"
     assert [h["step"] for h in record["history"]] == [2, 4, 6, 8, 10]

@@ -20,7 +20,7 @@ from demo.memory import Estimator
 from demo.train import resolve_device
 from demo.views import controls as controls_view
 from demo.views import inputs
-from demo.views.training import ACCELERATOR
+from demo.views.streaming import ACCELERATOR
 from jacobian_penalty import METHODS
 
 __all__ = ["CostView", "measure_cost"]

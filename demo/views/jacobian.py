@@ -1,5 +1,5 @@
 """The Jacobian view: J(x) of one test example for a run beside a comparison run, and for 2-D
-data the ||J(x)||_F field with the decision boundary of each.
+data the ‖J(x)‖_F field with the decision boundary of each.
 
 Both runs are shown on the first run's data (the same example), so the comparison run must take
 the same inputs and have the same classes.
@@ -48,7 +48,9 @@ def show_jacobian(session: dict | None, run: str, compare: str, example: float):
     """/jacobian: (heatmap, field, info) for test example `example` of run `run` ("" = newest)
     beside run `compare` ("" = none)."""
     run, compare = inputs.run_id(run, "Run"), inputs.run_id(compare, "Compare with")
-    index = inputs.number(0 if example in (None, "") else example, "Test example", 0, MAX_EXAMPLE, whole=True)
+    # Negative numbers count from the end of the test set, as Python's indices do.
+    index = inputs.number(0 if example in (None, "") else example, "Test example", -MAX_EXAMPLE, MAX_EXAMPLE,
+                          whole=True)
     if not (session or {}).get("runs"):
         return plots.jacobian_figure([]), plots.field_figure([]), "Train a run first: its Jacobian appears here."
     try:
@@ -102,7 +104,7 @@ def _info(examples: list[tuple[str, dict[str, Any]]]) -> str:
     for label, ex in examples:
         norm = float(np.sqrt((np.asarray(ex["jacobian"]) ** 2).sum()))
         p = float(ex["probabilities"][ex["prediction"]])
-        lines.append(f"- {label}: predicts **{names[ex['prediction']]}** (p = {p:.3f}); ||J(x)||_F = {norm:.4g}")
+        lines.append(f"- {label}: predicts **{names[ex['prediction']]}** (p = {p:.3f}); ‖J(x)‖_F = {norm:.4g}")
     return "\n".join(lines)
 
 
@@ -120,11 +122,11 @@ def layout() -> JacobianView:
         with gr.Row():
             run = gr.Dropdown([NEWEST], value="", label="Run", allow_custom_value=True)
             compare = gr.Dropdown([NONE], value="", label="Compare with", allow_custom_value=True)
-            example = gr.Number(0, label="Test example", precision=0, minimum=0)
+            example = gr.Number(0, label="Test example", precision=0, info="-1: the last one")
             show = gr.Button("Show", scale=0)
         info = gr.Markdown()
         heatmap = gr.Plot(label="Jacobian of the logits")
-        field = gr.Plot(label="||J(x)||_F over the input plane (2-D data)")
+        field = gr.Plot(label="‖J(x)‖_F over the input plane (2-D data)")
         gr.Markdown(HOW_TO_READ, elem_classes=["jp-hint"])
     return JacobianView(tab, run, compare, example, show, info, heatmap, field)
 

@@ -14,7 +14,7 @@ from demo.robustness import ATTACKS
 from demo.train import robustness_report
 from demo.views import inputs
 from demo.views import session as sessions
-from demo.views.training import ACCELERATOR
+from demo.views.streaming import ACCELERATOR
 
 __all__ = ["RobustnessView", "choices_update", "show_examples", "show_robustness"]
 
@@ -73,11 +73,13 @@ def show_examples(session: dict | None, run: str, attack: str, strength: float):
     run = inputs.run_id(run)
     attack = inputs.choice(attack, "Perturbation", tuple(ATTACKS))
     strength = inputs.number(strength, "Strength (σ or ε)", 0, MAX_STRENGTH)
+    if not (session or {}).get("runs"):  # drawn on opening the tab too: not worth an error
+        return plots.message_figure("Train a run first: its perturbed test inputs appear here.")
     chosen, model = _run_with_model(session, run)
     record = chosen["record"]
     examples = inspect.perturbed(model, inspect.load_data(record), attack=attack, strength=strength,
                                  count=MAX_EXAMPLES, seed=record["config"]["seed"])
-    return plots.examples_figure(examples)
+    return plots.examples_figure(examples, run=sessions.short_label(chosen))
 
 
 def evaluate_thoroughly(session: dict | None, run: str, *, max_runs: int):
@@ -163,12 +165,15 @@ def wire(view: RobustnessView, session: gr.State, space: limits.Limits) -> None:
         trigger_mode="always_last",
         preprocess=False,  # values as sent, checked by demo.views.inputs
     )
-    view.show.click(
+    # The examples follow the chosen run, perturbation and strength, and the newest run on opening the tab.
+    gr.on(
+        [view.show.click, view.tab.select, view.run.input, view.attack.input, view.strength.submit],
         show_examples,
         [session, view.run, view.attack, view.strength],
         view.examples,
         api_name="perturbed",
         api_description="A few test inputs perturbed (noise, fgsm or pgd) and a run's predictions for them.",
+        trigger_mode="always_last",
         preprocess=False,
     )
     view.thorough.click(

@@ -69,6 +69,9 @@ def choices_update(view: RunsView, session: dict | None) -> dict:
         view.table: sessions.table(session),
         view.compare: gr.update(choices=runs),
         view.run: gr.update(choices=[("newest run", ""), *runs]),
+        # Files prepared for an earlier "newest run" would now be another run's: cleared.
+        view.json_file: None,
+        view.weights_file: None,
     }
 
 
@@ -98,6 +101,10 @@ def layout() -> RunsView:
 # Wiring
 
 
+def _no_files() -> tuple[None, None]:
+    return None, None
+
+
 def wire(view: RunsView, session: gr.State) -> None:
     gr.on(
         [view.refresh.click, view.tab.select],
@@ -105,7 +112,7 @@ def wire(view: RunsView, session: gr.State) -> None:
         session,
         view.table,
         api_name="runs",
-        api_description="The session's runs: config summary, status, test accuracy, ||J||_F, time.",
+        api_description="The session's runs: config summary, status, test accuracy, ‖J‖_F, time.",
     )
     gr.on(
         [view.tab.select, view.compare.change],
@@ -116,5 +123,7 @@ def wire(view: RunsView, session: gr.State) -> None:
         trigger_mode="always_last",
         preprocess=False,  # values as sent, checked by demo.views.inputs
     )
+    view.run.input(_no_files, None, [view.json_file, view.weights_file], api_visibility="private",
+                   queue=False, show_progress="hidden")
     view.download.click(download, [session, view.run], [view.json_file, view.weights_file], api_name="download",
                         preprocess=False)

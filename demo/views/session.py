@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from demo.record import to_json
+from demo.record import kept, to_json
 
 __all__ = [
     "FOLDER_PREFIX",
@@ -42,7 +42,7 @@ FOLDER_PREFIX = "jacobian-playground-"
 LEGEND_FIELDS = ("dataset", "arch", "regularizer", "seed")  # named in a legend when they differ
 TABLE_COLUMNS = (
     "run", "status", "dataset", "arch", "λ", "method", "target", "steps", "seed",
-    "test acc", "||J||_F", "time (s)", "device",
+    "test acc", "‖J‖_F", "time (s)", "device",
 )
 
 
@@ -65,7 +65,9 @@ def reserve_run(session: Session | None) -> tuple[Session, int]:
 
 def with_run(session: Session, run: dict[str, Any], max_runs: int) -> Session:
     """The session with `run` added, or replacing the run with its id; the oldest runs beyond
-    `max_runs` are dropped (with their weights) so a long session stays small."""
+    `max_runs` are dropped (with their weights) so a long session stays small. A running run is
+    kept as stopped: that is what it is if its stream ends before its next update."""
+    run = {**run, "record": kept(run["record"])}
     runs = [r for r in session["runs"] if r["id"] != run["id"]] + [run]
     runs.sort(key=lambda r: r["id"])
     return {**session, "runs": runs[-max_runs:]}
@@ -121,7 +123,7 @@ def choices(session: Session | None) -> list[tuple[str, str]]:
 
 
 def table(session: Session | None) -> pd.DataFrame:
-    """One row per run: configuration summary, status, test accuracy, ||J||_F, time."""
+    """One row per run: configuration summary, status, test accuracy, ‖J‖_F, time."""
     rows = []
     for run in (session or new_session())["runs"]:
         record, cfg = run["record"], run["record"]["config"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import math
 import re
+import threading
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -21,12 +22,13 @@ from demo import data, limits, plots
 from demo import sweep as sweeps
 from demo.config import MAX_PENALTY, REGULARIZERS, ConfigError
 from demo.memory import Estimator
-from demo.record import new_record
+from demo.record import RUNNING, new_record
 from demo.train import resolve_device
 from demo.views import controls as controls_view
 from demo.views import inputs
 from demo.views import session as sessions
-from demo.views.training import ACCELERATOR, HEAVY, RUNNING, SKIP, Throttle, run_stream
+from demo.views.streaming import ACCELERATOR, HEAVY, SKIP, Throttle, in_background
+from demo.views.training import run_stream
 
 __all__ = ["SweepView", "run_sweep"]
 
@@ -71,12 +73,13 @@ def parse_strengths(value: Any) -> list[float]:
 
 def run_sweep(session: dict | None, dataset: str, arch: str, penalty: float, method: str, num_projections: int,
               target: str, steps: int, batch_size: int, lr: float, seed: int, device: str, robustness: bool,
-              strengths: str, regularizers: list[str], epsilon: float, *, space: limits.Limits, memory: Estimator):
+              num_classes: int, strengths: str, regularizers: list[str], epsilon: float, *, space: limits.Limits,
+              memory: Estimator):
     """/sweep: the controls' settings (λ aside) + strengths, regularisers and the PGD ε of the robust
     accuracy -> one run per (regulariser, strength), streamed as (session, status, figure, table)."""
     values = dict(dataset=dataset, arch=arch, penalty=penalty, method=method, num_projections=num_projections,
                   target=target, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                  robustness=robustness)
+                  robustness=robustness, num_classes=num_classes)
     base = controls_view.check(values, space)
     strengths = parse_strengths(strengths)
     if regularizers is not None and not isinstance(regularizers, list):
@@ -93,8 +96,12 @@ def run_sweep(session: dict | None, dataset: str, arch: str, penalty: float, met
     for index, cfg in enumerate(configs, start=1):
         session, run_id = sessions.reserve_run(session)
         run, pace = {"id": run_id, "record": new_record(cfg), "weights": {}}, Throttle()
-        for record, weights in run_stream(cfg):
-            run = {**run, "record": record, **({"weights": weights} if weights is not None else {})}
+        # In a worker thread: Stop (a cancel) takes effect at the next tick, not after the attacks.
+        for item in in_background(run_stream(cfg), threading.Event()):
+            if item is not None:
+                record, weights = item
+                run = {**run, "record": record, **({"weights": weights} if weights is not None else {})}
+            record = run["record"]
             finished = record["status"] != RUNNING
             update = pace.next(final=finished)
             if update == SKIP:

@@ -20,7 +20,7 @@ from demo.memory import Estimator
 from demo.train import build_model, resolve_device
 from demo.views import controls as controls_view
 from demo.views import inputs
-from demo.views.training import ACCELERATOR, HEAVY, SKIP, Throttle
+from demo.views.streaming import ACCELERATOR, HEAVY, SKIP, Throttle
 
 __all__ = ["ThreadView", "thread_stream", "run_thread"]
 
@@ -39,7 +39,7 @@ optimizer.step()
 Ours: `logits, penalty = jacobian_penalty(model, x)` (torch.autograd.grad with `create_graph=True`,
 no `.grad` written), `loss = cross_entropy(logits, t) + lam * penalty`, `zero_grad()`, `backward()`, `step()`.
 Both start from the same model, trained first for a few plain cross-entropy steps (a trained model has a
-large ||J||, so whether the penalty lowers it shows at once), and see the same batches.
+large ‖J‖, so whether the penalty lowers it shows at once), and see the same batches.
 """
 
 
@@ -62,7 +62,7 @@ class ThreadView:
 
 
 def _thread_gpu_seconds(cfg: RunConfig, warmup_steps: int) -> int:
-    # Both approaches train cfg.steps after a shared warm-up, with an exact ||J|| at each report.
+    # Both approaches train cfg.steps after a shared warm-up, with an exact ‖J‖ at each report.
     return gpu_duration(cfg.replace(steps=3 * cfg.steps + warmup_steps, robustness=False))
 
 
