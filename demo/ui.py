@@ -60,6 +60,29 @@ def refresh_views(views: tuple, session: dict | None) -> dict:
     }
 
 
+def redraws(jacobian: jacobian_view.JacobianView, robustness: robustness_view.RobustnessView,
+            session: gr.State) -> list[tuple]:
+    """(handler, inputs, outputs) of the panels that draw runs of the session."""
+    return [
+        (jacobian_view.show_jacobian, [session, jacobian.run, jacobian.compare, jacobian.example],
+         [jacobian.heatmap, jacobian.field, jacobian.info]),
+        (robustness_view.show_examples, [session, robustness.run, robustness.attack, robustness.strength],
+         [robustness.examples]),
+    ]
+
+
+def quietly(fn, outputs: int):
+    """fn for a redraw nobody asked for: what it would refuse (no run with weights yet, after a
+    Stop at step 0) leaves the panel as it is, without a toast."""
+    def redraw(*values):
+        try:
+            return fn(*values)
+        except gr.Error:
+            return tuple(gr.skip() for _ in range(outputs)) if outputs > 1 else gr.skip()
+
+    return redraw
+
+
 def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
     """The app as a gr.Blocks, queue configured; limits from the environment unless given."""
     space = space or limits_module.Limits.from_env()
@@ -116,10 +139,14 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
 
         views = (jacobian, robustness, runs)
         refreshed = list(refresh_views(views, None))  # the components whose choices follow the runs
-        train_event.then(partial(refresh_views, views), session, refreshed, api_visibility="private",
-                         show_progress="hidden")
-        sweep_event.then(partial(refresh_views, views), session, refreshed, api_visibility="private",
-                         show_progress="hidden")
+        for event in (train_event, sweep_event):
+            refreshed_event = event.then(partial(refresh_views, views), session, refreshed,
+                                         api_visibility="private", show_progress="hidden")
+            # The panels that show "the newest run" (or a chosen one) redraw for the new runs, even
+            # in the tab that stayed open while they trained.
+            for fn, inputs, outputs in redraws(jacobian, robustness, session):
+                refreshed_event.then(quietly(fn, len(outputs)), inputs, outputs, api_visibility="private",
+                                     show_progress="hidden", preprocess=False)
     # api_open=False: no REST route around the queue (POST /gradio_api/run/<api> answers 404), so
     # every event that trains or measures waits for the accelerator's concurrency slot.
     demo.queue(max_size=space.queue_size, default_concurrency_limit=space.concurrency, api_open=False)

@@ -613,5 +613,11 @@ def test_settings_say_how_long_a_run_takes_and_refusals_leave_the_page_as_it_was
         heatmap = plot(panel, "Jacobian of the logits")
         expect_drawn(heatmap, min_traces=2)
         assert_readable(heatmap)
+        # Trained while this tab stays open, the next run replaces the newest one in it: no click.
+        expect(panel.get_by_text(re.compile(r"#1 λ=0.01 projection: predicts"))).to_be_visible(timeout=VIEW_MS)
+        control(page, "Steps").fill("10")
+        train_button(page).click()
+        expect(status(page)).to_contain_text(re.compile(r"Run #2 .*Finished 10 steps"), timeout=RUN_MS)
+        expect(panel.get_by_text(re.compile(r"#2 λ=0.01 projection: predicts"))).to_be_visible(timeout=VIEW_MS)
     finally:
         context.close()
