@@ -47,7 +47,7 @@ RESULTS ?= benchmarks/results
 bench-gpu:
 	mkdir -p $(RESULTS)
 	$(GPU_PY) -c "import torch; assert torch.cuda.is_available(), 'bench-gpu needs a CUDA GPU'; print(torch.cuda.get_device_name())"
-	-$(GPU_PY) -m pytest -q -p no:cacheprovider tests/test_library_cuda.py tests/test_jacobian.py tests/test_library_guards.py tests/test_library_architectures.py \
+	-$(GPU_PY) -m pytest -q -p no:cacheprovider tests/library/test_cuda.py tests/library/test_jacobian.py tests/library/test_guards.py tests/library/test_architectures.py \
 	  >$(RESULTS)/cuda_tests.txt 2>&1; status=$$?; tail -20 $(RESULTS)/cuda_tests.txt; exit $$status
 	$(GPU_PY) benchmarks/library_comparison.py --device cuda --repeats 7 --out $(RESULTS)
 	$(GPU_PY) benchmarks/penalty_cost.py --device cuda --repeats 5 --out $(RESULTS)

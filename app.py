@@ -1,12 +1,12 @@
 """Entry point: `python app.py` locally and the Hugging Face Space's app_file.
 
-Builds the Blocks from demo.ui and launches it; the module-level `demo` is what Gradio's
+Builds the Blocks from demo.app.ui and launches it; the module-level `demo` is what Gradio's
 reload mode and the Space look for.
 """
 
 from __future__ import annotations
 
-from demo.ui import build_demo, launch
+from demo.app.ui import build_demo, launch
 
 demo = build_demo()
 

@@ -20,9 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from demo.config import RunConfig  # noqa: E402
-from demo.record import Recorder, to_json  # noqa: E402
-from demo.train import train  # noqa: E402
+from demo.engine.config import RunConfig  # noqa: E402
+from demo.engine.record import Recorder, to_json  # noqa: E402
+from demo.engine.train import train  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LAMBDAS = (0.0, 0.001, 0.01, 0.1, 1.0)

@@ -2,7 +2,7 @@
 
 Each row is one model; each column one way to penalise ||J||_F^2 in a training step (forward,
 penalty, cross-entropy + lambda * penalty, zero_grad, backward with respect to the parameters,
-Adam step: the step demo.train takes), as a ratio to a plain cross-entropy step on the same
+Adam step: the step demo.engine.train takes), as a ratio to a plain cross-entropy step on the same
 model and batch. Rounds are interleaved (round r runs every column once, rotated), and the ratio
 is the median over rounds of the per-round ratio, so a load change on a shared machine hits all
 columns alike.
@@ -32,17 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 if __package__ in (None, ""):  # run as a script: the repository root on the path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.report import RESULTS_DIR, environment, load_average, write_report  # noqa: E402
-from demo.bench import _interleaved_times, _loop_penalty  # noqa: E402
+from demo.budget.timing import PENALTY_WEIGHT, interleaved_times, loop_penalty, step_closure  # noqa: E402
 from jacobian_penalty import jacobian_penalty  # noqa: E402
 
-PENALTY_WEIGHT = 0.01
 BATCH = 128
 BATCHED_ROWS = 10  # exact's chunk_size in its batched column (torch.func.vmap over the VJP)
 SLOW_COLUMNS_MAX_OUTPUTS = 100  # loop and jr exact take C passes: beyond this they only show that
@@ -77,7 +75,6 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
 
 
 # The forum thread's fix, one VJP with create_graph per output: the same function the Cost view times.
-loop_penalty = _loop_penalty
 
 
 def vmap_jacrev_penalty(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -141,20 +138,6 @@ def columns(outputs: int) -> dict[str, Callable[[nn.Module, Tensor], tuple[Tenso
 # --- measurement ---------------------------------------------------------------------------------
 
 
-def make_step(penalty, model, optimizer, params, x, y) -> Callable[[], None]:
-    def step() -> None:
-        if penalty is None:
-            loss = F.cross_entropy(model(x), y)
-        else:
-            logits, value = penalty(model, x)
-            loss = F.cross_entropy(logits, y) + PENALTY_WEIGHT * value
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward(inputs=params)
-        optimizer.step()
-
-    return step
-
-
 def check_values(cols, model, x) -> dict[str, float]:
     """Each column's penalty on x over the exact one; random columns averaged over draws."""
     reference = jacobian_penalty(model, x, method="exact", create_graph=False)[1].item()
@@ -179,8 +162,8 @@ def measure(name: str, device: torch.device, repeats: int, log) -> dict[str, Any
     params = list(model.parameters())
     cols = columns(outputs)
     value_ratios = check_values(cols, model, x)
-    steps = {col: make_step(p, model, optimizer, params, x, y) for col, p in cols.items()}
-    times = _interleaved_times(steps, repeats, device)
+    steps = {col: step_closure(p, model, optimizer, x, y, inputs=params) for col, p in cols.items()}
+    times = interleaved_times(steps, repeats, device)
     base = times["plain"]
     row = {"model": name, "outputs": outputs, "inputs": x[0].numel(), "value_over_exact": value_ratios,
            "ms_per_step": {}, "ratio": {}}

@@ -1,11 +1,11 @@
 """A bounded load test of the app on loopback: N clients x M training runs through gradio_client.
 
     python benchmarks/load_test.py                         # 8 clients x 3 runs of 100 steps
-    python benchmarks/load_test.py --clients 3 --runs 2    # the size tests/test_load.py runs
+    python benchmarks/load_test.py --clients 3 --runs 2    # the size tests/app/test_load.py runs
     python benchmarks/load_test.py --rounds 6              # a soak: 6 rounds of 8 clients x 3 runs,
                                                            # the server's memory after each round
 
-The app is launched for real (demo.ui.build_demo + demo.ui.launch) in a child process on
+The app is launched for real (demo.app.ui.build_demo + demo.app.ui.launch) in a child process on
 127.0.0.1 and a free port, so its memory is measured alone; the clients are threads here, each
 with its own session, training one run after another. Nothing leaves the machine, the number of
 runs is fixed and every wait has a deadline, so the test stops by itself.
@@ -77,8 +77,8 @@ def _trim() -> None:
 
 def serve(port: int, session_ttl: float, concurrency: int, queue_size: int) -> None:
     """Launch the app and answer one JSON line per command: `measure` or `quit`."""
-    from demo.limits import Limits
-    from demo.ui import build_demo, launch
+    from demo.app.limits import Limits
+    from demo.app.ui import build_demo, launch
 
     space = Limits.from_env()
     space = Limits(**{**asdict(space), "session_ttl": session_ttl, "concurrency": concurrency,

@@ -1,6 +1,6 @@
 """The memory model of demo/memory.py against measured peaks.
 
-For each architecture, method and batch: the estimate (from the probe at demo.memory's two small
+For each architecture, method and batch: the estimate (from the probe at demo.budget.memory's two small
 batches) and the peak actually measured on one forward + penalty + backward at full size (torch's
 allocator events through the profiler on a CPU, max_memory_allocated on CUDA), and their ratio.
 Writes benchmarks/results/memory_model_<device>.json and .md.
@@ -24,8 +24,9 @@ if __package__ in (None, ""):  # run as a script: the repository root on the pat
 
 import models  # noqa: E402
 from benchmarks.report import RESULTS_DIR, environment, write_report  # noqa: E402
-from demo import bench, memory  # noqa: E402
-from demo.config import RunConfig  # noqa: E402
+from demo.budget import memory
+from demo.budget import timing as bench  # noqa: E402
+from demo.engine.config import RunConfig  # noqa: E402
 from jacobian_penalty import jacobian_penalty  # noqa: E402
 
 SHAPE, CLASSES = (1, 28, 28), 100
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
               "safety_margin": memory.SAFETY}
     lines = [f"# The memory model against measured peaks, on {device.type}", "",
              f"torch {report['environment']['torch']}, {report['environment']['date']}; input {SHAPE}, "
-             f"C = {CLASSES}. Estimate: demo.memory's model of one forward + penalty + backward (before its "
+             f"C = {CLASSES}. Estimate: demo.budget.memory's model of one forward + penalty + backward (before its "
              f"safety margin of {memory.SAFETY:g}x and without parameters and optimizer state); measured: the "
              "same step at full size.", "",
              "| arch | method | projections | batch | estimate (MB) | measured (MB) | estimate / measured "

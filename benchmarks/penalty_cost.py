@@ -5,14 +5,14 @@ time of every method as a ratio to a plain cross-entropy step on the same model 
 (interleaved rounds, median), its peak memory, and the forum thread's loop of C VJPs for
 C <= 100; then exact's memory against its chunk size, and the caller's loss.backward() against
 loss.backward(inputs=params). Writes benchmarks/results/penalty_cost_<device>.json and .md with
-the device, versions, CPU and thread counts and the date. The measurement itself is demo.bench,
+the device, versions, CPU and thread counts and the date. The measurement itself is demo.budget.timing,
 which the app's Cost view also runs.
 
     .venv/bin/python benchmarks/penalty_cost.py                  # the CPU grid (a few minutes)
     .venv/bin/python benchmarks/penalty_cost.py --device cuda    # the same on a GPU
     .venv/bin/python benchmarks/penalty_cost.py --help           # every option
 
-`python -m demo bench ...` runs the same.
+`make bench` runs it with the other CPU benchmarks.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: the repository root on the pat
 
 import models  # noqa: E402
 from benchmarks.report import RESULTS_DIR, environment, load_average, write_report  # noqa: E402
-from demo.bench import (  # noqa: E402
+from demo.budget.timing import (  # noqa: E402
     LOOP,
     LOOP_MAX_CLASSES,
     PENALTY_WEIGHT,

@@ -23,10 +23,10 @@ if __package__ in (None, ""):  # run as a script: the repository root on the pat
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.report import RESULTS_DIR, environment, load_average, write_report  # noqa: E402
-from demo import sweep as sweeps  # noqa: E402
-from demo.config import RunConfig  # noqa: E402
-from demo.record import Recorder  # noqa: E402
-from demo.train import train  # noqa: E402
+from demo.engine import sweep as sweeps  # noqa: E402
+from demo.engine.config import RunConfig  # noqa: E402
+from demo.engine.record import Recorder  # noqa: E402
+from demo.engine.train import train  # noqa: E402
 
 # Strengths per regulariser: lambda for the penalties, epsilon for adversarial training; the
 # unregularised run (strength 0) is run once and shown as "none".

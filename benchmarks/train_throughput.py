@@ -1,9 +1,9 @@
-"""Training throughput (samples/s) as seen by each consumer of demo.train.train(cfg).
+"""Training throughput (samples/s) as seen by each consumer of demo.engine.train.train(cfg).
 
 The same short run is consumed by
   - bare:   a loop that takes every event and does nothing with it (the engine alone);
-  - cli:    demo.__main__.main(["train", ..., "--quiet"]) in this process (Recorder, summary);
-  - ui:     the Gradio train handler (demo.views.training.Handlers.train), iterated directly without a
+  - cli:    demo.cli.main.main(["train", ..., "--quiet"]) in this process (Recorder, summary);
+  - ui:     the Gradio train handler (demo.app.views.training.Handlers.train), iterated directly without a
             server: Recorder, session updates, status line, figures at most every
             HEAVY_INTERVAL_S seconds and gr.skip() in between;
   - ui+json: the same, plus what Gradio's server does to each heavy update before sending it
@@ -15,7 +15,7 @@ steps x batch / time from the first event to the last (wall time, or with --cloc
 process's CPU time), median over rounds, and overhead = 1 - samples/s / bare samples/s (median
 of the per-round ratios).
 
-The configuration is the one the UI would run (demo.views.controls.config_from: its report and
+The configuration is the one the UI would run (demo.app.controls.config_from: its report and
 evaluation intervals), robustness off, so every consumer runs exactly the same training.
 
     .venv/bin/python benchmarks/train_throughput.py                 # digits/mlp and digits/lenet
@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 import torch  # noqa: E402
 
 from benchmarks.report import environment, load_average, write_report  # noqa: E402
-from demo.config import RunConfig  # noqa: E402
-from demo.train import train  # noqa: E402
+from demo.engine.config import RunConfig  # noqa: E402
+from demo.engine.train import train  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 UI_GOAL = 0.10  # the UI may cost at most 10% of the training throughput
@@ -55,7 +55,7 @@ def bare(cfg: RunConfig) -> None:
 
 
 def cli(cfg: RunConfig) -> None:
-    from demo.__main__ import main
+    from demo.cli.main import main
 
     argv = ["train", "--quiet", "--no-robustness" if not cfg.robustness else "--robustness"]
     for name, value in cfg.to_dict().items():
@@ -87,10 +87,10 @@ def ui_handler(clock: Callable[[], float]) -> tuple[Callable[..., Any] | None, s
     """The UI's train handler as run(cfg, serialise) -> the share of its time spent outside
     training, or None and why it is not usable here."""
     try:
-        from demo.limits import Limits
-        from demo.memory import Estimator
-        from demo.views import training
-        from demo.views.streaming import StopRequests
+        from demo.app.limits import Limits
+        from demo.app.streaming import StopRequests
+        from demo.app.views import training
+        from demo.budget.memory import Estimator
     except ImportError as exc:  # the UI is optional: gradio missing, or not written yet
         return None, f"the UI's train handler cannot be imported ({exc})"
     handler = training.Handlers(Limits(), Estimator(), StopRequests()).train
@@ -116,8 +116,8 @@ def ui_handler(clock: Callable[[], float]) -> tuple[Callable[..., Any] | None, s
 def ui_config(cfg: RunConfig) -> RunConfig:
     """The configuration that the UI would run for these values (its report/eval intervals)."""
     try:
-        from demo.limits import Limits
-        from demo.views.controls import config_from
+        from demo.app.controls import config_from
+        from demo.app.limits import Limits
     except ImportError:
         return cfg
     values = {k: v for k, v in cfg.to_dict().items() if k not in ("report_every", "eval_every", "time_budget")}

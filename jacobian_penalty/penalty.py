@@ -94,7 +94,7 @@ def jacobian_penalty(
             training mode, a batch_first=False attention or RNN layer fed batch-first data):
             "raise" (default) a SampleCouplingError that names it and the fixes, or "warn" and
             go on. Raising is the default because the number is then silently different from
-            the per-sample penalty (tests/test_library_guards.py measures by how much), and a
+            the per-sample penalty (tests/library/test_guards.py measures by how much), and a
             warning inside a training loop scrolls away.
 
     Raises:

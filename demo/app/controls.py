@@ -1,0 +1,166 @@
+"""The run's controls (the left column) and the one adapter from their values to a RunConfig.
+
+Every control is named after the RunConfig field it sets, so `config_from` is
+RunConfig.from_mapping plus two choices the app makes for the visitor (how often to report and
+evaluate) and the Space's limits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+import torch
+
+import models
+from demo.app import limits
+from demo.engine import data
+from demo.engine.config import DEVICES, MAX_CLASSES, TARGETS, ConfigError, RunConfig
+from jacobian_penalty import METHODS
+
+__all__ = ["CONFIG_FIELDS", "Controls", "POINT_SETS", "config_from", "layout", "method_hint", "wire"]
+
+# The order of /train's parameters: the RunConfig fields a visitor sets.
+CONFIG_FIELDS = (
+    "dataset", "arch", "penalty", "method", "num_projections", "target",
+    "steps", "batch_size", "lr", "seed", "device", "robustness", "num_classes",
+)
+LAMBDA_PRESETS = (0.0, 1e-4, 1e-3, 0.01, 0.1, 1.0)
+POINT_SETS = frozenset(name for name in data.DATASETS if data.input_shape(name) == (2,))
+MAX_UI_PROJECTIONS = 16
+SYNTHETIC = "synthetic"  # the one set whose class count is a setting
+# About this many progress reports per run (each is a curve point and a cancellation point for
+# Stop), at most every MAX_REPORT_EVERY steps; evaluations (test accuracy, exact ‖J‖, the 2-D
+# field) about EVALUATIONS_POINTS times per run on 2-D data, EVALUATIONS_IMAGES times on images.
+# At most MAX_EVAL_EVERY steps between evaluations, so that a long run stopped early still has
+# weights to inspect.
+REPORTS_PER_RUN, MAX_REPORT_EVERY = 100, 25
+EVALUATIONS_POINTS, EVALUATIONS_IMAGES, MAX_EVAL_EVERY = 20, 8, 250
+
+
+@dataclass(frozen=True)
+class Controls:
+    dataset: gr.Dropdown
+    arch: gr.Dropdown
+    penalty: gr.Number
+    presets: tuple[gr.Button, ...]
+    method: gr.Radio
+    hint: gr.Markdown
+    num_projections: gr.Slider
+    target: gr.Radio
+    steps: gr.Number
+    batch_size: gr.Number
+    lr: gr.Number
+    seed: gr.Number
+    device: gr.Dropdown
+    robustness: gr.Checkbox
+    num_classes: gr.Number
+    estimate: gr.HTML
+
+    def inputs(self) -> list[gr.components.Component]:
+        return [getattr(self, name) for name in CONFIG_FIELDS]
+
+
+def config_from(values: Mapping[str, Any], space: limits.Limits) -> RunConfig:
+    """UI values -> the RunConfig that runs here. Raises ConfigError in plain words."""
+    cfg = RunConfig.from_mapping(values)
+    report_every = min(MAX_REPORT_EVERY, max(1, cfg.steps // REPORTS_PER_RUN))
+    evaluations = EVALUATIONS_POINTS if cfg.dataset in POINT_SETS else EVALUATIONS_IMAGES
+    eval_every = min(MAX_EVAL_EVERY, max(report_every, cfg.steps // evaluations))
+    cfg = cfg.replace(report_every=report_every, eval_every=eval_every)
+    return limits.apply(cfg, space)
+
+
+def method_hint(method: str) -> str:
+    info = METHODS.get(method)
+    if info is None:
+        return ""
+    grows = "grows with the number of outputs C" if info.grows_with_outputs else "does not grow with C"
+    estimates = info.estimates.replace("||J||_F^2", "‖J‖_F²")  # the library's ASCII, in the app's notation
+    return f"Estimates {estimates}. Cost: {info.cost}; {grows}."
+
+
+def device_hint() -> str:
+    if torch.cuda.is_available():
+        return f"GPU here: {torch.cuda.get_device_name(0)}; *auto* trains on it."
+    return "No GPU here: *auto* trains on the CPU."
+
+
+def warn_if_incompatible(dataset: str, arch: str) -> None:
+    """A toast as soon as the pair cannot work; /train refuses it with the same sentence."""
+    if dataset in data.DATASETS and arch in models.ARCHITECTURES:
+        reason = models.incompatibility(arch, data.input_shape(dataset), dataset=dataset)
+        if reason:
+            gr.Warning(reason, duration=6)
+
+
+def check(values: Mapping[str, Any], space: limits.Limits) -> RunConfig:
+    """config_from, with a refusal shown to the visitor as one plain sentence (no traceback)."""
+    try:
+        return config_from(values, space)
+    except ConfigError as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout
+
+
+def layout(defaults: RunConfig) -> Controls:
+    dataset = gr.Dropdown(list(data.DATASETS), value=defaults.dataset, label="Dataset",
+                          info="2-D sets (spirals, moons, circles, xor) show the ‖J(x)‖ field live")
+    num_classes = gr.Number(defaults.num_classes, label="Classes of the synthetic set", precision=0, minimum=2,
+                            maximum=MAX_CLASSES, visible=defaults.dataset == SYNTHETIC,
+                            info=f"2 to {MAX_CLASSES}: the outputs C, what exact's cost grows with")
+    arch = gr.Dropdown(list(models.ARCHITECTURES), value=defaults.arch, label="Architecture")
+    penalty = gr.Number(defaults.penalty, label="Penalty weight λ",
+                        info="loss = cross-entropy + λ · ‖J‖_F² (0 trains without the penalty)")
+    with gr.Row(equal_height=True):
+        presets = tuple(gr.Button(f"{value:g}", size="sm", min_width=40) for value in LAMBDA_PRESETS)
+    method = gr.Radio(list(METHODS), value=defaults.method, label="Estimator of ‖J‖_F²")
+    hint = gr.Markdown(method_hint(defaults.method), elem_classes=["jp-hint"])
+    num_projections = gr.Slider(1, MAX_UI_PROJECTIONS, value=defaults.num_projections, step=1,
+                                label="Projections / probes per sample", info="ignored by exact")
+    target = gr.Radio(list(TARGETS), value=defaults.target, label="Penalise the Jacobian of",
+                      info="logits: df/dx; features: the penultimate layer's d features/dx")
+    with gr.Accordion("Training", open=True):
+        with gr.Row():
+            steps = gr.Number(defaults.steps, label="Steps", precision=0)
+            batch_size = gr.Number(defaults.batch_size, label="Batch size", precision=0)
+        estimate = gr.HTML('<div class="jp-hint jp-estimate">Measuring how long a run takes here…</div>')
+        with gr.Row():
+            lr = gr.Number(defaults.lr, label="Learning rate (Adam)")
+            seed = gr.Number(defaults.seed, label="Seed", precision=0)
+        device = gr.Dropdown(list(DEVICES), value=defaults.device, label="Device", info=device_hint())
+        robustness = gr.Checkbox(defaults.robustness, label="Measure robustness at the end (noise, FGSM, PGD)")
+    return Controls(dataset, arch, penalty, presets, method, hint, num_projections, target, steps, batch_size, lr,
+                    seed, device, robustness, num_classes, estimate)
+
+
+# ---------------------------------------------------------------------------------------------
+# Wiring
+
+
+def _classes_visibility(dataset: str):
+    return gr.update(visible=dataset == SYNTHETIC)
+
+
+def wire(controls: Controls) -> None:
+    for button, value in zip(controls.presets, LAMBDA_PRESETS, strict=True):
+        # Set in the browser: no round trip, no queue.
+        button.click(None, None, controls.penalty, js=f"() => {value!r}", api_visibility="private")
+    controls.dataset.change(_classes_visibility, controls.dataset, controls.num_classes,
+                            api_visibility="private", queue=False, show_progress="hidden")
+    controls.method.change(method_hint, controls.method, controls.hint, api_visibility="private",
+                           queue=False, show_progress="hidden")
+    gr.on(
+        [controls.dataset.change, controls.arch.change],
+        warn_if_incompatible,
+        [controls.dataset, controls.arch],
+        None,
+        api_visibility="private",
+        show_progress="hidden",
+        concurrency_limit=None,  # cheap; toasts (gr.Warning) travel through the queue
+    )

@@ -1,0 +1,123 @@
+"""How long the chosen run will take, said under Steps before Train; a fitting step count when the
+visitor picks another dataset or architecture.
+
+Both come from demo.budget.pace: the engine runs a few steps of the chosen settings here and times them
+(once per kind of run; the app keeps the measurements). The probe waits for the accelerator like
+any run, so it never slows a run in progress, nor is its timing disturbed by one.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import gradio as gr
+
+from demo.app import controls as controls_view
+from demo.app import limits
+from demo.app.streaming import ACCELERATOR
+from demo.budget.memory import Estimator
+from demo.budget.pace import Pace, Paces
+from demo.engine import data
+from demo.engine.config import ConfigError, RunConfig
+from demo.engine.train import resolve_device
+
+__all__ = ["describe", "estimate", "fit", "wire"]
+
+# The settings that change how long a run takes (λ only by being 0 or not).
+TIMED_FIELDS = ("dataset", "arch", "penalty", "method", "num_projections", "target", "steps", "batch_size",
+                "device", "robustness", "num_classes")
+
+
+def _config(values: dict[str, Any], space: limits.Limits) -> RunConfig:
+    return controls_view.config_from(values, space)
+
+
+def _pace(cfg: RunConfig, paces: Paces, memory: Estimator) -> Pace:
+    # A run that would not fit is not probed either: the check raises ConfigError first.
+    memory.check(cfg, data.class_count(cfg.dataset, cfg.num_classes), resolve_device(cfg.device))
+    return paces.get(cfg)
+
+
+def evaluations(cfg: RunConfig) -> int:
+    """Evaluations in a run: every eval_every steps, and one at the end."""
+    return (cfg.steps - 1) // cfg.eval_every + 1
+
+
+def describe(cfg: RunConfig, pace: Pace) -> str:
+    seconds = pace.seconds(cfg.steps, evaluations(cfg))
+    device = "GPU" if resolve_device(cfg.device).type == "cuda" else "CPU"
+    text = (f"{cfg.dataset} · {cfg.arch} · {cfg.steps} steps: about {_duration(seconds)} here on the {device} "
+            f"({pace.step_s * 1e3:.3g} ms a step")
+    if cfg.robustness:
+        text += f", {_duration(pace.robustness_s)} for the robustness checks"
+    text += "; measured on a few steps)"
+    if seconds > cfg.time_budget > 0:
+        text += f". This app stops a run after {_duration(cfg.time_budget)}: fewer steps would finish"
+    return text + "."
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min"
+
+
+def estimate(*values: Any, space: limits.Limits, paces: Paces, memory: Estimator) -> str:
+    """The line under Steps. Never an error toast: while someone types, a half-made value is normal."""
+    try:
+        cfg = _config(dict(zip(TIMED_FIELDS, values, strict=True)), space)
+        return _line(describe(cfg, _pace(cfg, paces, memory)))
+    except (ConfigError, data.DatasetUnavailable) as exc:
+        return _line(f"No estimate: {exc}")
+
+
+def fit(*values: Any, space: limits.Limits, paces: Paces, memory: Estimator):
+    """Another dataset or architecture: (steps, line, suggested). Steps becomes the count that fits a
+    short run if it still holds the page's last suggestion (the last value; at first the default): a
+    count the visitor typed, or a shared link set, is theirs and stays."""
+    *values, suggested = values
+    chosen = dict(zip(TIMED_FIELDS, values, strict=True))
+    try:
+        cfg = _config(chosen, space)
+        pace = _pace(cfg, paces, memory)
+        if not _same(chosen["steps"], suggested):
+            return gr.skip(), _line(describe(cfg, pace)), gr.skip()
+        steps = min(pace.suggested_steps(evaluations(cfg)), space.max_steps)
+        cfg = _config({**chosen, "steps": steps}, space)
+        return steps, _line(describe(cfg, pace)), steps
+    except (ConfigError, data.DatasetUnavailable) as exc:
+        return gr.skip(), _line(f"No estimate: {exc}"), gr.skip()
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
+
+
+def _line(text: str) -> str:
+    return f'<div class="jp-hint jp-estimate">{html.escape(text)}</div>'
+
+
+def wire(controls: controls_view.Controls, space: limits.Limits, paces: Paces, memory: Estimator,
+         load: Any) -> None:
+    inputs = [getattr(controls, name) for name in TIMED_FIELDS]
+    common = dict(api_visibility="private", concurrency_id=ACCELERATOR, trigger_mode="always_last",
+                  show_progress="hidden")
+    deps = dict(space=space, paces=paces, memory=memory)
+    suggested = gr.State(RunConfig.steps, time_to_live=space.session_ttl)  # the count the page last put in Steps
+    gr.on([controls.dataset.change, controls.arch.change], _bind(fit, deps), [*inputs, suggested],
+          [controls.steps, controls.estimate, suggested], **common)
+    changes = [getattr(controls, name).change for name in TIMED_FIELDS if name not in ("dataset", "arch")]
+    gr.on([load, *changes], _bind(estimate, deps), inputs, controls.estimate, **common)
+
+
+def _bind(fn, deps):
+    def handler(*values):
+        return fn(*values, **deps)
+
+    return handler

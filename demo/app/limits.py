@@ -1,0 +1,82 @@
+"""Space-wide limits on what one visitor may ask of the app, read from environment variables.
+
+A public Space shares one machine between everyone, so a run's length and the queue are bounded
+by whoever deploys it:
+
+    JP_MAX_STEPS     most training steps a run may ask for (a larger request is refused)
+    JP_MAX_SECONDS   most seconds of training per run (each run's time budget is clamped to it)
+    JP_QUEUE_SIZE    most events waiting in the queue (more get "queue full")
+    JP_CONCURRENCY   events that train or measure at the same time (they share the accelerator)
+    JP_MAX_RUNS      runs kept per browser session (the oldest is dropped beyond it)
+    JP_SESSION_TTL   seconds a session's runs are kept after its last update (gradio keeps those of
+                     a session whose page was closed for a fixed hour instead)
+    JP_MAX_SESSIONS  sessions gradio keeps a record of (~0.2 MB each, never freed otherwise);
+                     beyond it the least recently used one is dropped, runs and all
+    JP_TORCH_THREADS torch's intra-op threads in the server (the models are small: on a shared
+                     2-core machine two OpenMP threads spin against the web server and each
+                     other and made the default run 5x slower here than one thread)
+
+The defaults suit one person on a laptop. `Limits.from_env()` is read once, when the app is
+built; `apply` turns a RunConfig into the one that may run here, or says in plain words why not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from demo.engine.config import MAX_STEPS, ConfigError, RunConfig
+
+__all__ = ["Limits", "apply"]
+
+PREFIX = "JP_"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_steps: int = 20_000
+    max_seconds: float = 300.0
+    queue_size: int = 20
+    concurrency: int = 1
+    max_runs: int = 20
+    session_ttl: float = 2 * 3600.0
+    max_sessions: int = 1000
+    torch_threads: int = 1
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:
+        """Limits from JP_* variables (JP_MAX_STEPS, ...); unset ones keep their defaults.
+
+        A value that is not a positive number raises ValueError naming the variable: a
+        misconfigured Space should fail at start, not run without its limits.
+        """
+        environ = os.environ if environ is None else environ
+        values = {}
+        for field in dataclasses.fields(cls):
+            name = PREFIX + field.name.upper()
+            raw = environ.get(name, "").strip()
+            if not raw:
+                continue
+            try:
+                number = float(raw)
+            except ValueError:
+                raise ValueError(f"{name} must be a number, got {raw!r}.") from None
+            if not number > 0 or number == float("inf"):
+                raise ValueError(f"{name} must be a positive finite number, got {raw!r}.")
+            values[field.name] = int(number) if field.type == "int" else number
+        limits = cls(**values)
+        return dataclasses.replace(limits, max_steps=min(limits.max_steps, MAX_STEPS))
+
+
+def apply(cfg: RunConfig, limits: Limits) -> RunConfig:
+    """cfg as it may run under `limits`: the time budget clamped to max_seconds (0, "no limit",
+    becomes max_seconds); too many steps raise ConfigError in plain words."""
+    if cfg.steps > limits.max_steps:
+        raise ConfigError(
+            f"{cfg.steps} steps is more than this app allows ({limits.max_steps} per run). "
+            "Ask for fewer steps, or run it on your own machine (python -m demo train)."
+        )
+    budget = limits.max_seconds if cfg.time_budget <= 0 else min(cfg.time_budget, limits.max_seconds)
+    return cfg.replace(time_budget=float(budget))

@@ -1,0 +1,103 @@
+"""The page around the views: its CSS, and the script that fits figures to a phone.
+
+Phones (narrower than NARROW_PX): Train, Stop and the status line stay fixed at the bottom of the
+screen, so a run can be started and stopped from anywhere in the long single column; and a figure
+whose panels stand side by side (training curves, attacks, costs) is redrawn with its panels
+stacked, each full width, so titles and ticks no longer overlap. The figures themselves stay pure
+functions of their data (demo.app.plots): the script only moves axes, titles and colour bars, in the
+browser, after each draw.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CSS", "NARROW_PX", "SCRIPT"]
+
+NARROW_PX = 720
+PANEL_PX = 270  # the height of one stacked panel
+
+CSS = f"""
+.jp-status, .jp-sweep-status {{ font-size: 0.95em; padding: 4px 2px; }}
+.jp-status progress, .jp-sweep-status progress {{ width: 12em; vertical-align: middle; margin-right: 0.5em; }}
+.jp-hint {{ font-size: 0.85em; opacity: 0.8; }}
+.jp-estimate {{ padding: 0 4px; }}
+/* short headers ("run", "seed") must not break mid-word */
+#jp-runs th, #jp-runs th * {{ word-break: keep-all; overflow-wrap: normal; white-space: nowrap; }}
+/* A refused request says why in a toast. gradio also puts a red "Error" badge (its status tracker,
+   translucent, over the whole component) on every output of that event: it hid the status line and
+   the plots, which still show the last good run. */
+.wrap:has(> span.error) {{ display: none !important; }}
+@media (max-width: {NARROW_PX}px) {{
+  #jp-actions {{
+    position: fixed; left: 0; right: 0; bottom: 0; z-index: 1000; margin: 0;
+    padding: 6px 10px calc(6px + env(safe-area-inset-bottom));
+    background: var(--background-fill-primary); box-shadow: 0 -2px 10px rgba(0, 0, 0, 0.15);
+  }}
+  #jp-actions .jp-status {{ max-height: 4.5em; overflow-y: auto; font-size: 0.85em; }}
+  #jp-actions .jp-status progress {{ width: 5em; }}
+  .gradio-container {{ padding-bottom: 9em !important; }}
+}}
+"""
+
+# Runs once when the page loads (gr.Blocks.launch(js=...)). After every draw of a plotly figure,
+# on a narrow screen: a figure of one row of panels gets one panel per row; in a grid of images
+# (perturbed inputs, the Jacobian's rows), the titles shrink to fit their columns.
+SCRIPT = f"""() => {{
+  const NARROW = {NARROW_PX}, PANEL = {PANEL_PX}, CHAR = 0.62, SMALLEST = 7;
+  const axes = (full) => Object.keys(full).filter((k) => /^xaxis\\d*$/.test(k) && full[k].visible !== false);
+  const titled = (a) => a.xref === "paper" && a.yref === "paper" && typeof a.text === "string";
+  const stack = (gd, full, xs, ys) => {{
+    const order = xs.map((k, i) => [k, ys[i]]).sort((a, b) => full[a[0]].domain[0] - full[b[0]].domain[0]);
+    const n = order.length, gap = 0.35 / n, update = {{height: n * PANEL + 90}};
+    const centres = order.map(([x]) => (full[x].domain[0] + full[x].domain[1]) / 2);
+    order.forEach(([x, y], i) => {{
+      update[x + ".domain"] = [0, 1];
+      update[y + ".domain"] = [1 - (i + 1) / n + gap, 1 - i / n - gap / 2];
+    }});
+    update.annotations = (gd.layout.annotations || []).map((a) => {{
+      if (!titled(a) || a.y < 0.98) return a;
+      const i = centres.findIndex((c) => Math.abs(c - a.x) < 0.05);
+      return i < 0 ? a : {{...a, x: 0.5, y: 1 - i / n - gap / 4, yanchor: "bottom"}};
+    }});
+    update["legend.y"] = -0.5 / n;
+    window.Plotly.relayout(gd, update);
+    gd.data.forEach((t, j) => {{  // colour bars follow their panel
+      if (!t.colorbar && !(t.marker && t.marker.colorbar)) return;
+      const i = order.findIndex(([x]) => x === "xaxis" + (t.xaxis || "x").slice(1));
+      if (i >= 0) window.Plotly.restyle(gd, {{"colorbar.y": 1 - (i + 0.5) / n, "colorbar.len": 1 / n - gap}}, [j]);
+    }});
+  }};
+  const shrink = (gd, full, xs) => {{
+    const width = full._size.w;
+    let changed = false;
+    const annotations = (gd.layout.annotations || []).map((a) => {{
+      if (!titled(a)) return a;
+      const column = xs.map((k) => full[k].domain).find((d) => d[0] <= a.x && a.x <= d[1]);
+      if (!column) return a;
+      const chars = Math.max(...a.text.split("<br>").map((line) => line.length));
+      const now = (a.font && a.font.size) || 12;
+      const fits = Math.max(SMALLEST, Math.floor((column[1] - column[0]) * width / (CHAR * chars)));
+      if (fits >= now) return a;
+      changed = true;
+      return {{...a, font: {{...(a.font || {{}}), size: fits}}}};
+    }});
+    if (changed) window.Plotly.relayout(gd, {{annotations}});
+  }};
+  const fit = (gd) => {{
+    if (window.innerWidth > NARROW || !gd._fullLayout || !window.Plotly) return;
+    const full = gd._fullLayout, xs = axes(full);
+    if (xs.length < 2) return;
+    const ys = xs.map((k) => "yaxis" + full[k].anchor.slice(1));
+    const rows = new Set(ys.map((k) => full[k] && full[k].domain.join(",")));
+    const starts = new Set(xs.map((k) => full[k].domain[0].toFixed(3)));
+    if (rows.size === 1 && starts.size === xs.length) stack(gd, full, xs, ys);  // one row, side by side
+    else if (rows.size > 1 && starts.size > 1) shrink(gd, full, xs);  // a grid
+  }};
+  const watch = (gd) => {{
+    if (gd.dataset.jpFit) return;
+    gd.dataset.jpFit = "1";
+    gd.on("plotly_afterplot", () => fit(gd));
+    fit(gd);
+  }};
+  new MutationObserver(() => document.querySelectorAll(".js-plotly-plot").forEach(watch))
+    .observe(document.body, {{childList: true, subtree: true}});
+}}"""

@@ -1,0 +1,167 @@
+"""A visitor's session: the runs they trained, kept in a gr.State (server memory, per browser tab).
+
+A session is a plain dict, treated as a value: every change returns a new dict (the runs list is
+copied, the runs themselves are shared), so a handler that yields a session never disturbs one
+that another handler holds.
+
+    {"runs": [run, ...], "next_id": int, "folder": str}
+    run = {"id": int, "record": run record (demo.engine.record), "weights": CPU state_dict}
+
+`folder` is a temporary folder the app creates for the session's downloads (never a path the
+visitor chose); `delete_files` removes it when gradio drops the session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from demo.engine.record import kept, to_json
+
+__all__ = [
+    "FOLDER_PREFIX",
+    "RunNotFound",
+    "choices",
+    "delete_files",
+    "find_run",
+    "legend_labels",
+    "new_session",
+    "reserve_run",
+    "table",
+    "with_run",
+    "write_files",
+]
+
+Session = dict[str, Any]
+FOLDER_PREFIX = "jacobian-playground-"
+LEGEND_FIELDS = ("dataset", "arch", "regularizer", "seed")  # named in a legend when they differ
+TABLE_COLUMNS = (
+    "run", "status", "dataset", "arch", "λ", "method", "target", "steps", "seed",
+    "test acc", "‖J‖_F", "time (s)", "device",
+)
+
+
+class RunNotFound(LookupError):
+    """The run a visitor asked for is not in their session; the message says so plainly."""
+
+
+def new_session() -> Session:
+    return {"runs": [], "next_id": 1, "folder": ""}
+
+
+def reserve_run(session: Session | None) -> tuple[Session, int]:
+    """A session with an id taken for a new run and its download folder made, and that id."""
+    session = session or new_session()
+    # The server's pid in the name: a restarted server removes the folders of servers that are gone.
+    folder = session["folder"] or tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
+    run_id = session["next_id"]
+    return {**session, "next_id": run_id + 1, "folder": folder}, run_id
+
+
+def with_run(session: Session, run: dict[str, Any], max_runs: int) -> Session:
+    """The session with `run` added, or replacing the run with its id; the oldest runs beyond
+    `max_runs` are dropped (with their weights) so a long session stays small. A running run is
+    kept as stopped: that is what it is if its stream ends before its next update."""
+    run = {**run, "record": kept(run["record"])}
+    runs = [r for r in session["runs"] if r["id"] != run["id"]] + [run]
+    runs.sort(key=lambda r: r["id"])
+    return {**session, "runs": runs[-max_runs:]}
+
+
+def find_run(session: Session | None, run_id: Any, *, need_weights: bool = False) -> dict[str, Any]:
+    """The run with `run_id` ("3", 3 or "#3"); an empty id means the newest run (the newest
+    with weights if `need_weights`: a run stopped before its first evaluation has none)."""
+    runs = (session or new_session())["runs"]
+    if not runs:
+        raise RunNotFound("There are no runs in this session yet: press Train first.")
+    text = "" if run_id is None else str(run_id).strip().lstrip("#")
+    if not text:
+        candidates = [run for run in runs if run["weights"]] if need_weights else runs
+        return (candidates or runs)[-1]
+    for run in runs:
+        if str(run["id"]) == text:
+            return run
+    known = ", ".join(f"#{r['id']}" for r in runs)
+    raise RunNotFound(f"There is no run #{text} in this session; its runs are {known}.")
+
+
+def short_label(run: dict[str, Any]) -> str:
+    """For legends: the run's id, λ and estimator."""
+    cfg = run["record"]["config"]
+    return f"#{run['id']} λ={cfg['penalty']:g} {cfg['method']}"
+
+
+def legend_labels(runs: list[dict[str, Any]]) -> list[str]:
+    """Legend labels for runs drawn together: each run's id, λ and estimator, plus every setting
+    that differs between them (dataset, architecture, regulariser, seed), so no two read alike."""
+    differing = [key for key in LEGEND_FIELDS if len({str(r["record"]["config"].get(key)) for r in runs}) > 1]
+    labels = []
+    for run in runs:
+        cfg = run["record"]["config"]
+        extra = [f"seed {cfg['seed']}" if key == "seed" else str(cfg.get(key)) for key in differing]
+        labels.append(" ".join([short_label(run), *extra]))
+    return labels
+
+
+def label(run: dict[str, Any]) -> str:
+    cfg = run["record"]["config"]
+    return (
+        f"#{run['id']} λ={cfg['penalty']:g} {cfg['method']} {cfg['arch']}/{cfg['dataset']} "
+        f"seed {cfg['seed']} ({run['record']['status']})"
+    )
+
+
+def choices(session: Session | None) -> list[tuple[str, str]]:
+    """(label, value) pairs for the run selectors, newest first; values are run ids as text."""
+    runs = (session or new_session())["runs"]
+    return [(label(run), str(run["id"])) for run in reversed(runs)]
+
+
+def table(session: Session | None) -> pd.DataFrame:
+    """One row per run: configuration summary, status, test accuracy, ‖J‖_F, time."""
+    rows = []
+    for run in (session or new_session())["runs"]:
+        record, cfg = run["record"], run["record"]["config"]
+        final = record.get("final", {})
+        rows.append(
+            [
+                run["id"], record["status"], cfg["dataset"], cfg["arch"], cfg["penalty"], cfg["method"],
+                cfg["target"], final.get("steps", 0), cfg["seed"], _rounded(final.get("test_accuracy"), 4),
+                _rounded(final.get("jacobian_norm"), 4), _rounded(final.get("elapsed"), 2), record.get("device", ""),
+            ]
+        )
+    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+
+
+def write_files(session: Session, run: dict[str, Any]) -> tuple[str, str | None]:
+    """Write the run's record (the CLI's JSON schema) and its weights (safetensors) into the
+    session's folder; returns their paths (weights None when the run has none yet)."""
+    from safetensors.torch import save_file
+
+    folder = Path(session["folder"])  # made by reserve_run before the session had any run
+    folder.mkdir(exist_ok=True)  # in case a temp cleaner removed it
+    json_path = folder / f"run-{int(run['id'])}.json"
+    json_path.write_text(to_json(run["record"], indent=1))
+    if not run["weights"]:
+        return str(json_path), None
+    weights_path = folder / f"run-{int(run['id'])}.safetensors"
+    save_file({k: v.contiguous() for k, v in run["weights"].items()}, str(weights_path))
+    return str(json_path), str(weights_path)
+
+
+def delete_files(session: Session | None) -> None:
+    """gr.State's delete_callback: remove the session's download folder, and only that."""
+    folder = Path((session or {}).get("folder") or "")
+    if folder.name.startswith(FOLDER_PREFIX) and folder.parent == Path(tempfile.gettempdir()):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _rounded(value: Any, digits: int) -> float | None:
+    if isinstance(value, (int, float)) and value == value:  # NaN != NaN: a run never evaluated
+        return round(float(value), digits)
+    return None

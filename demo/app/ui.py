@@ -1,0 +1,188 @@
+"""The Gradio app: `build_demo()` composes the views of demo/views into one Blocks; `launch()`.
+
+Layout: the run's controls on the left; on the right Train / Stop, the status line and one tab
+per view (Training, Jacobian, Robustness, Runs, "Why did .backward() not learn?", Cost).
+
+State: a visitor's runs live in one gr.State per session (demo.app.session), dropped
+`Limits.session_ttl` seconds after its last update; nothing is kept at module level. Events that
+train or measure share the concurrency_id "accelerator" (JP_CONCURRENCY at a time); the queue
+holds JP_QUEUE_SIZE events (demo.app.limits).
+
+Endpoints (api_name): train, runs, compare, download, jacobian, robustness, perturbed, thorough, sweep, thread,
+cost. Stop is a cancel (a headless client calls job.cancel()).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from functools import partial
+
+import gradio as gr
+import torch
+from starlette.middleware import Middleware
+
+from demo.app import controls as controls_view
+from demo.app import duration as duration_view
+from demo.app import limits as limits_module
+from demo.app import page, server, sharing
+from demo.app import session as sessions
+from demo.app.streaming import StopRequests
+from demo.app.views import cost as cost_view
+from demo.app.views import jacobian as jacobian_view
+from demo.app.views import robustness as robustness_view
+from demo.app.views import runs as runs_view
+from demo.app.views import sweep as sweep_view
+from demo.app.views import thread as thread_view
+from demo.app.views import training as training_view
+from demo.budget import memory, pace
+from demo.engine.config import RunConfig
+
+__all__ = ["build_demo", "launch"]
+
+TITLE = "Jacobian Penalty Playground"
+MAX_UPLOAD = "1kb"  # nothing in the app takes a file: refuse anything larger at the door
+INTRO = (
+    "# Jacobian Penalty Playground\n"
+    "Train a classifier with cross-entropy + λ·‖J(x)‖²<sub>F</sub>, the squared Frobenius norm of its "
+    "input-output Jacobian, and see what the penalty does: smaller and smoother Jacobians, accuracy "
+    "under noise and attacks, and what each estimator costs. Defaults: a few-second run on 8×8 digits."
+)
+
+
+def refresh_views(views: tuple, session: dict | None) -> dict:
+    """New run choices and tables for every view, after the session's runs changed."""
+    jacobian, robustness, runs = views
+    return {
+        **jacobian_view.choices_update(jacobian, session),
+        **robustness_view.choices_update(robustness, session),
+        **runs_view.choices_update(runs, session),
+    }
+
+
+def redraws(jacobian: jacobian_view.JacobianView, robustness: robustness_view.RobustnessView,
+            session: gr.State) -> list[tuple]:
+    """(handler, inputs, outputs) of the panels that draw runs of the session."""
+    return [
+        (jacobian_view.show_jacobian, [session, jacobian.run, jacobian.compare, jacobian.example],
+         [jacobian.heatmap, jacobian.field, jacobian.info]),
+        (robustness_view.show_examples, [session, robustness.run, robustness.attack, robustness.strength],
+         [robustness.examples]),
+    ]
+
+
+def quietly(fn, outputs: int):
+    """fn for a redraw nobody asked for: what it would refuse (no run with weights yet, after a
+    Stop at step 0) leaves the panel as it is, without a toast."""
+    def redraw(*values):
+        try:
+            return fn(*values)
+        except gr.Error:
+            return tuple(gr.skip() for _ in range(outputs)) if outputs > 1 else gr.skip()
+
+    return redraw
+
+
+def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
+    """The app as a gr.Blocks, queue configured; limits from the environment unless given."""
+    space = space or limits_module.Limits.from_env()
+    defaults = RunConfig()
+    # Downloads gradio copied into its cache (and anything posted to its upload route) are
+    # deleted once older than a session's time to live: by then their session is gone.
+    expiry = max(1, int(space.session_ttl))
+    with gr.Blocks(title=TITLE, delete_cache=(expiry, expiry)) as demo:
+        session = gr.State(sessions.new_session(), time_to_live=space.session_ttl,
+                           delete_callback=sessions.delete_files)
+        gr.Markdown(INTRO)
+        with gr.Row():
+            with gr.Column(scale=1, min_width=320):
+                controls = controls_view.layout(defaults)
+                with gr.Accordion("Share and presets", open=False):
+                    link = gr.Textbox(label="Link to these settings", interactive=False, buttons=["copy"])
+                    copy = gr.Button("Copy link", size="sm")
+                    presets = {name: gr.Button(name, size="sm") for name in sharing.PRESETS}
+            with gr.Column(scale=3):
+                buttons = training_view.layout_buttons()
+                with gr.Tabs() as tabs:
+                    with gr.Tab("Training", id="training"):
+                        training = training_view.layout_tab(defaults, buttons)
+                    jacobian = jacobian_view.layout()
+                    robustness = robustness_view.layout()
+                    sweep = sweep_view.layout()
+                    runs = runs_view.layout()
+                    thread = thread_view.layout()
+                    cost = cost_view.layout()
+
+        # Wiring
+        controls_view.wire(controls)
+        # One memory estimator per app: its probes describe models, and are shared by the sessions.
+        estimator = memory.Estimator()
+        # One registry of Stop requests per app: it describes running handlers, keyed by session.
+        train_event = training_view.wire(training, controls, session, space, estimator, StopRequests())
+        jacobian_view.wire(jacobian, session)
+        robustness_view.wire(robustness, session, space)
+        runs_view.wire(runs, session)
+        duration_view.wire(controls, space, pace.Paces(), estimator, demo.load)
+        sweep_event = sweep_view.wire(sweep, controls, session, space, estimator)
+        thread_view.wire(thread, controls, space, estimator)
+        cost_view.wire(cost, controls, space, estimator)
+
+        # The URL's settings on load; "Copy link" writes them; presets set controls and open a tab.
+        demo.load(sharing.from_url, None, controls.inputs(), api_visibility="private", show_progress="hidden")
+        copy.click(None, controls.inputs(), link, js=sharing.copy_link_js(), api_visibility="private")
+        targets = {**dict(zip(controls_view.CONFIG_FIELDS, controls.inputs(), strict=True)), "tab": tabs,
+                   "sweep_strengths": sweep.strengths, "sweep_regularizers": sweep.regularizers,
+                   "cost_classes": cost.classes, "cost_methods": cost.methods}
+        for name, button in presets.items():
+            button.click(partial(sharing.preset_values, name, list(targets)), None, list(targets.values()),
+                         api_visibility="private", queue=False, show_progress="hidden")
+
+        views = (jacobian, robustness, runs)
+        refreshed = list(refresh_views(views, None))  # the components whose choices follow the runs
+        for event in (train_event, sweep_event):
+            refreshed_event = event.then(partial(refresh_views, views), session, refreshed,
+                                         api_visibility="private", show_progress="hidden")
+            # The panels that show "the newest run" (or a chosen one) redraw for the new runs, even
+            # in the tab that stayed open while they trained.
+            for fn, inputs, outputs in redraws(jacobian, robustness, session):
+                refreshed_event.then(quietly(fn, len(outputs)), inputs, outputs, api_visibility="private",
+                                     show_progress="hidden", preprocess=False)
+    # api_open=False: no REST route around the queue (POST /gradio_api/run/<api> answers 404), so
+    # every event that trains or measures waits for the accelerator's concurrency slot.
+    demo.queue(max_size=space.queue_size, default_concurrency_limit=space.concurrency, api_open=False)
+    return demo
+
+
+def launch(demo: gr.Blocks, **options) -> None:
+    """Serve on 127.0.0.1:7860 unless GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (or options) say
+    otherwise; never a public share link. Theme and CSS are launch() arguments in Gradio 6.
+    Sets torch's intra-op threads for this server process (JP_TORCH_THREADS, see demo.app.limits).
+    The app takes no uploads, so gradio's upload route is held to MAX_UPLOAD; gradio keeps a
+    record (~0.2 MB) of every session it has seen, at most JP_MAX_SESSIONS of them."""
+    space = limits_module.Limits.from_env()
+    torch.set_num_threads(space.torch_threads)
+    monitoring = server.monitoring_wanted()
+    options = {
+        "max_file_size": MAX_UPLOAD,
+        "state_session_capacity": space.max_sessions,
+        "enable_monitoring": monitoring,
+        "app_kwargs": {"middleware": [Middleware(server.Gate, monitoring=monitoring,
+                                                 endpoints=partial(server.signatures, demo))]},
+        **options,
+    }
+    server.remove_stale_folders()
+    if options.get("prevent_thread_lock"):
+        demo.launch(share=False, theme=gr.themes.Soft(), css=page.CSS, js=page.SCRIPT, **options)
+        return
+    # Blocking: serve until interrupted (Ctrl-C, or SIGTERM turned into the same), then remove
+    # this server's session folders.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        demo.launch(share=False, theme=gr.themes.Soft(), css=page.CSS, js=page.SCRIPT, **options)
+    finally:
+        server.remove_own_folders()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

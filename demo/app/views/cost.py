@@ -1,0 +1,165 @@
+"""The cost view: time of one training step with each estimator against the number of outputs C,
+measured on request on the current device by demo.budget.timing.time_steps (the controls' architecture
+and the dataset's input shape; inputs and labels are random, as cost does not depend on them)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import gradio as gr
+import pandas as pd
+import torch
+
+import models
+from demo.app import controls as controls_view
+from demo.app import inputs, limits, plots
+from demo.app.streaming import ACCELERATOR
+from demo.app.zerogpu import on_gpu
+from demo.budget import timing as bench
+from demo.budget.memory import Estimator
+from demo.engine import data
+from demo.engine.config import DEVICES, ConfigError, RunConfig
+from demo.engine.train import resolve_device
+from jacobian_penalty import METHODS
+
+__all__ = ["CostView", "measure_cost"]
+
+CLASS_CHOICES = (10, 30, 100, 300, 1000)
+DEFAULT_CLASSES = (10, 100, 1000)
+REPEATS = 3  # interleaved rounds per point; the ratio is their median
+MAX_BATCH = 256
+CHUNK_ABOVE = 100  # exact takes its rows in chunks of this size when C is larger (bounds memory)
+COST_GPU_SECONDS = 60  # ZeroGPU allowance for one measurement: a few C values x 5 methods x REPEATS
+TABLE_COLUMNS = ("method", "C", "ms per step", "× plain step")
+MAX_LIST = 20  # items a list may have before duplicates are dropped (more is not a page's request)
+
+
+HOW_TO_READ = (
+    "**How to read this.** One line per method: milliseconds per training step (left) and that step as a "
+    "multiple of a plain cross-entropy step (right), both on log scales, against the number of outputs "
+    "C. Flat lines cost the same at 10 and 1000 outputs; exact's line climbs with C. "
+    "The multiple is the number that carries across machines."
+)
+
+
+@dataclass(frozen=True)
+class CostView:
+    classes: gr.CheckboxGroup
+    methods: gr.CheckboxGroup
+    batch_size: gr.Number
+    measure: gr.Button
+    figure: gr.Plot
+    table: gr.Dataframe
+
+
+@partial(on_gpu, duration=lambda *args, **kwargs: COST_GPU_SECONDS)  # ZeroGPU: a GPU worker
+def cost_stream(arch: str, shape: tuple[int, ...], device: torch.device, classes: Sequence[int],
+                methods: Sequence[str], batch_size: int) -> Iterator[list[dict]]:
+    """The torch-touching part: demo.budget.timing.time_steps at each C in turn; yields the rows so far."""
+    rows: list[dict] = []
+    for num_classes in sorted(classes):
+        rows += bench.time_steps(
+            arch, num_classes, list(methods), batch_size=batch_size, input_shape=shape, device=device,
+            repeats=REPEATS, measure_memory=False, chunk_size=CHUNK_ABOVE if num_classes > CHUNK_ABOVE else None,
+        )
+        yield rows
+
+
+def measure_cost(arch: str, dataset: str, device: str, classes: Sequence[int], methods: Sequence[str],
+                 batch_size: int, *, memory: Estimator):
+    """/cost: ms per training step and ratio to a plain step for each method at each C; streams
+    (figure, table) after each C."""
+    shape, torch_device = _check(arch, dataset, device, classes, methods, batch_size)
+    classes, methods = sorted({int(c) for c in classes}), list(dict.fromkeys(methods))  # each measured once
+    _check_memory(memory, arch, dataset, device, classes[-1], methods, int(batch_size), torch_device)
+    for rows in cost_stream(arch, shape, torch_device, classes, methods, int(batch_size)):
+        yield plots.cost_figure(rows), _table(rows)
+
+
+def _check(arch, dataset, device, classes, methods, batch_size):
+    try:
+        if not (isinstance(classes, list) and isinstance(methods, list) and classes and methods):
+            raise ConfigError("Choose at least one number of outputs C and one method.")
+        if len(classes) > MAX_LIST or len(methods) > MAX_LIST:
+            raise ConfigError(f"Send at most {MAX_LIST} numbers of outputs C and {MAX_LIST} methods (each is "
+                              f"measured once), got {len(classes)} and {len(methods)}.")
+        # Values arrive as sent (preprocess=False): any JSON, so compare, never convert, first.
+        unknown = [m for m in methods if m not in tuple(METHODS)]
+        if unknown or any(c not in CLASS_CHOICES for c in classes):
+            raise ConfigError(f"Methods must be among {', '.join(METHODS)} and the number of outputs C among "
+                              f"{', '.join(map(str, CLASS_CHOICES))}.")
+        inputs.number(batch_size, "Batch size", 1, MAX_BATCH, whole=True)
+        if not isinstance(arch, str) or not isinstance(dataset, str) or dataset not in data.DATASETS:
+            raise ConfigError(f"Unknown architecture or dataset; choose among {', '.join(models.ARCHITECTURES)} "
+                              f"and {', '.join(data.DATASETS)}.")
+        shape = data.input_shape(dataset)
+        reason = models.incompatibility(arch, shape, dataset=dataset)
+        if reason:
+            raise ConfigError(reason)
+        if device not in DEVICES:
+            raise ConfigError(f"Unknown device {str(device)[:40]!r}; choose one of: {', '.join(DEVICES)}.")
+        return shape, resolve_device(device)
+    except (ConfigError, ValueError, TypeError) as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
+
+
+def _check_memory(memory: Estimator, arch, dataset, device, most_classes, methods, batch_size, torch_device):
+    """The largest C with each method must fit (exact keeps a graph per output)."""
+    try:
+        for method in methods:
+            cfg = RunConfig(dataset=dataset, arch=arch, method=method, batch_size=batch_size, device=device,
+                            robustness=False)
+            memory.check(cfg, most_classes, torch_device)
+    except ConfigError as exc:
+        raise gr.Error(f"At C = {most_classes}: {exc}", print_exception=False) from None
+
+
+def _table(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [[r["method"], r["num_classes"], round(r["ms_per_step"], 3), round(r["ratio"], 2)] for r in rows],
+        columns=list(TABLE_COLUMNS),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout
+
+
+def layout() -> CostView:
+    with gr.Tab("Cost", id="cost"):
+        gr.Markdown(
+            "What one training step costs with each estimator as the number of outputs C grows (the "
+            "thread's case: C ≈ 1000). *exact* takes all C rows; *projection*, *jvp* and *fd* do not "
+            "grow with C. Measured here, now, on the device chosen on the left, for the architecture "
+            "and input shape chosen there; a plain cross-entropy step is the baseline. Timing shares "
+            "the machine with other visitors: the ratio is the steadier number."
+        )
+        with gr.Row():
+            classes = gr.CheckboxGroup(list(CLASS_CHOICES), value=list(DEFAULT_CLASSES), label="Outputs C")
+            methods = gr.CheckboxGroup(list(METHODS), value=list(METHODS), label="Methods")
+            batch_size = gr.Number(64, label="Batch size", precision=0)
+            measure = gr.Button("Measure", variant="primary", scale=0)
+        figure = gr.Plot(label="Cost of a training step against C")
+        gr.Markdown(HOW_TO_READ, elem_classes=["jp-hint"])
+        table = gr.Dataframe(pd.DataFrame(columns=list(TABLE_COLUMNS)), label="Measurements", interactive=False)
+    return CostView(classes, methods, batch_size, measure, figure, table)
+
+
+# ---------------------------------------------------------------------------------------------
+# Wiring
+
+
+def wire(view: CostView, controls: controls_view.Controls, space: limits.Limits, memory: Estimator) -> None:
+    view.measure.click(
+        partial(measure_cost, memory=memory),
+        [controls.arch, controls.dataset, controls.device, view.classes, view.methods, view.batch_size],
+        [view.figure, view.table],
+        api_name="cost",
+        api_description="ms per training step and ratio to a plain step, per estimator and number of outputs C.",
+        preprocess=False,  # as /train: our checks see every value as sent (see training.wire)
+        concurrency_id=ACCELERATOR,
+        concurrency_limit=space.concurrency,
+        show_progress="minimal",
+    )

@@ -1,0 +1,188 @@
+"""The robustness view: accuracy against sigma (Gaussian noise) and epsilon (FGSM, PGD) for the
+session's runs overlaid, and a few perturbed inputs with a run's predictions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import gradio as gr
+
+from demo.app import inputs, limits, plots
+from demo.app import inspection as inspect
+from demo.app import session as sessions
+from demo.app.streaming import ACCELERATOR
+from demo.engine.train import robustness_report
+from demo.evaluation.robustness import ATTACKS
+
+__all__ = ["RobustnessView", "choices_update", "show_examples", "show_robustness"]
+
+MAX_OVERLAID = 6  # runs drawn when none are chosen: the newest with robustness results
+MAX_EXAMPLES = 8
+DEFAULT_STRENGTH = 0.1
+THOROUGH_ATTACKS = ("noise", "pgd", "square", "apgd")
+MAX_STRENGTH = 10.0  # sigma or epsilon in input units: inputs live in [0, 1] or are of order 1
+
+
+HOW_TO_READ = (
+    "**How to read this.** Test accuracy (up) against the perturbation's size (across), one curve per "
+    'run. Curves that stay high for longer are more robust. PGD is the honest gradient attack; Square '
+    "uses no gradient, so if it does better than PGD the gradients are misleading the attacks (the run's "
+    'record then lists a masking warning).'
+)
+HOW_TO_READ_EXAMPLES = (
+    "**How to read this.** Each panel is a perturbed test input with the true label and the run's "
+    'prediction; red titles mark the inputs the perturbation fooled.'
+)
+
+
+@dataclass(frozen=True)
+class RobustnessView:
+    tab: gr.Tab
+    runs: gr.Dropdown
+    figure: gr.Plot
+    run: gr.Dropdown
+    attack: gr.Radio
+    strength: gr.Number
+    show: gr.Button
+    examples: gr.Plot
+    thorough: gr.Button
+
+
+def show_robustness(session: dict | None, runs: list[str] | None):
+    """/robustness: accuracy against attack strength for runs (ids; empty: the newest few)."""
+    chosen = _chosen(session, runs)
+    measured = [run for run in chosen if run["record"].get("robustness")]
+    if chosen and not measured:
+        gr.Info("None of these runs measured robustness (it is measured when a run finishes).")
+    # Like with like: an epsilon means different things on different data (pixels in [0, 1] or
+    # 2-D coordinates), so only the runs of the newest chosen run's dataset share the axes.
+    dataset = measured[-1]["record"]["config"]["dataset"] if measured else None
+    left_out = [run for run in measured if run["record"]["config"]["dataset"] != dataset]
+    if left_out:
+        ids = ", ".join(f"#{run['id']}" for run in left_out)
+        gr.Info(f"Runs {ids} trained on another dataset than {dataset} and are not drawn: accuracy against ε "
+                "compares like with like only on one dataset.")
+    drawn = [run for run in measured if run not in left_out]
+    return plots.robustness_figure(list(zip(sessions.legend_labels(drawn), (r["record"] for r in drawn), strict=True)))
+
+
+def show_examples(session: dict | None, run: str, attack: str, strength: float):
+    """/perturbed: the first test inputs perturbed by `attack` at `strength`, and run's predictions."""
+    run = inputs.run_id(run)
+    attack = inputs.choice(attack, "Perturbation", tuple(ATTACKS))
+    strength = inputs.number(strength, "Strength (σ or ε)", 0, MAX_STRENGTH)
+    if not (session or {}).get("runs"):  # drawn on opening the tab too: not worth an error
+        return plots.message_figure("Train a run first: its perturbed test inputs appear here.")
+    chosen, model = _run_with_model(session, run)
+    record = chosen["record"]
+    examples = inspect.perturbed(model, inspect.load_data(record), attack=attack, strength=strength,
+                                 count=MAX_EXAMPLES, seed=record["config"]["seed"])
+    return plots.examples_figure(examples, run=sessions.short_label(chosen))
+
+
+def evaluate_thoroughly(session: dict | None, run: str, *, max_runs: int):
+    """/thorough: the run's robustness again, with APGD and a longer Square attack on more points;
+    the run's record keeps the new results and masking checks. Returns (session, figure)."""
+    chosen, model = _run_with_model(session, inputs.run_id(run))
+    record = chosen["record"]
+    report = robustness_report(model, inspect.load_data(record), record["config"]["seed"], thorough_evaluation=True)
+    record = {**record, "robustness": report.results, "robustness_checks": list(report.checks)}
+    session = sessions.with_run(session, {**chosen, "record": record}, max_runs)
+    figure = plots.robustness_figure([(sessions.short_label(chosen), record)], THOROUGH_ATTACKS)
+    return session, figure
+
+
+def _run_with_model(session: dict | None, run: str) -> tuple[dict, Any]:
+    """The chosen run and its model, or a plain refusal (no such run, no weights yet)."""
+    try:
+        chosen = sessions.find_run(session, run, need_weights=True)
+    except sessions.RunNotFound as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
+    if not chosen["weights"]:
+        raise gr.Error(f"Run #{chosen['id']} has no weights yet.", print_exception=False)
+    return chosen, inspect.load_model(chosen["record"], chosen["weights"])
+
+
+def choices_update(view: RobustnessView, session: dict | None) -> dict:
+    runs = sessions.choices(session)
+    return {view.runs: gr.update(choices=runs), view.run: gr.update(choices=[("newest run", ""), *runs])}
+
+
+def _chosen(session: dict | None, runs: list[str] | None) -> list[dict]:
+    runs = inputs.run_ids(runs, "Runs to overlay")
+    if runs:
+        try:
+            return [sessions.find_run(session, run_id) for run_id in runs]
+        except sessions.RunNotFound as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+    newest = [run for run in (session or {}).get("runs", []) if run["record"].get("robustness")]
+    return newest[-MAX_OVERLAID:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout
+
+
+def layout() -> RobustnessView:
+    with gr.Tab("Robustness") as tab:
+        gr.Markdown(
+            "Test accuracy under Gaussian noise (σ) and under the L∞ attacks FGSM and PGD (ε), in input "
+            "units (pixels in [0, 1]). Try λ = 0 against λ = 0.01. FGSM alone overstates robustness: "
+            "PGD is the honest check."
+        )
+        runs = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
+                           label="Runs to overlay (none chosen: the newest)")
+        figure = gr.Plot(label="Accuracy against perturbation strength")
+        gr.Markdown(HOW_TO_READ, elem_classes=["jp-hint"])
+        with gr.Row():
+            run = gr.Dropdown([("newest run", "")], value="", label="Run", allow_custom_value=True)
+            attack = gr.Radio(list(ATTACKS), value="pgd", label="Perturbation")
+            strength = gr.Number(DEFAULT_STRENGTH, label="Strength (σ or ε)", minimum=0)
+            show = gr.Button("Show perturbed inputs", scale=0)
+            thorough = gr.Button("Evaluate thoroughly", scale=0)
+        gr.Markdown("*Evaluate thoroughly* attacks the chosen run again with APGD (AutoAttack's step-size-free "
+                    "PGD) and a longer Square attack on more points, and redraws the curves above for it; it takes "
+                    "seconds to a minute.", elem_classes=["jp-hint"])
+        examples = gr.Plot(label="Perturbed test inputs and the run's predictions")
+        gr.Markdown(HOW_TO_READ_EXAMPLES, elem_classes=["jp-hint"])
+    return RobustnessView(tab, runs, figure, run, attack, strength, show, examples, thorough)
+
+
+# ---------------------------------------------------------------------------------------------
+# Wiring
+
+
+def wire(view: RobustnessView, session: gr.State, space: limits.Limits) -> None:
+    gr.on(
+        [view.tab.select, view.runs.change],
+        show_robustness,
+        [session, view.runs],
+        view.figure,
+        api_name="robustness",
+        api_description="Accuracy against sigma and epsilon, the chosen runs overlaid (empty: the newest).",
+        trigger_mode="always_last",
+        preprocess=False,  # values as sent, checked by demo.app.inputs
+    )
+    # The examples follow the chosen run, perturbation and strength, and the newest run on opening the tab.
+    gr.on(
+        [view.show.click, view.tab.select, view.run.input, view.attack.input, view.strength.submit],
+        show_examples,
+        [session, view.run, view.attack, view.strength],
+        view.examples,
+        api_name="perturbed",
+        api_description="A few test inputs perturbed (noise, fgsm or pgd) and a run's predictions for them.",
+        trigger_mode="always_last",
+        preprocess=False,
+    )
+    view.thorough.click(
+        partial(evaluate_thoroughly, max_runs=space.max_runs),
+        [session, view.run],
+        [session, view.figure],
+        api_name="thorough",
+        api_description="A run's robustness with APGD and a longer Square attack added; the masking checks.",
+        preprocess=False,
+        concurrency_id=ACCELERATOR,
+        concurrency_limit=space.concurrency,
+    )

@@ -1,0 +1,188 @@
+"""The Sweep tab: one run per strength (and per regulariser) with the controls' other settings,
+streamed one after another, and the trade-off they draw (demo.engine.sweep, plots.tradeoff_figure).
+
+Every finished run joins the session like a run from Train (the Runs tab lists it); Stop keeps
+the finished runs and the partial one.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+import threading
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from demo.app import controls as controls_view
+from demo.app import inputs, limits, plots
+from demo.app import session as sessions
+from demo.app.streaming import ACCELERATOR, HEAVY, SKIP, Throttle, in_background
+from demo.app.views.training import run_stream
+from demo.budget.memory import Estimator
+from demo.engine import data
+from demo.engine import sweep as sweeps
+from demo.engine.config import MAX_PENALTY, REGULARIZERS, ConfigError
+from demo.engine.record import RUNNING, new_record
+from demo.engine.train import resolve_device
+
+__all__ = ["SweepView", "run_sweep"]
+
+DEFAULT_STRENGTHS = "0, 0.001, 0.01, 0.1, 1"
+DEFAULT_EPSILON = 0.1
+MAX_STRENGTHS = 10
+TABLE_COLUMNS = ("regulariser", "strength", "clean acc", "PGD acc", "Square acc", "‖J‖_F", "ms/step", "Pareto")
+HOW_TO_READ = (
+    "**How to read this.** Left: each run is a point, clean accuracy across, accuracy under PGD at the "
+    "chosen ε up; the labels are the strengths; stars and the dotted line are the Pareto front (no other "
+    "run is better on both). Up and to the right is better. Right: the mean exact ‖J‖_F on a test subset "
+    "against the strength, both on log axes (strength 0 sits a decade left of the smallest other one). "
+    "The ms/step column is the cost per training step of each run."
+)
+
+
+@dataclass(frozen=True)
+class SweepView:
+    strengths: gr.Textbox
+    regularizers: gr.CheckboxGroup
+    epsilon: gr.Number
+    run: gr.Button
+    stop: gr.Button
+    status: gr.HTML
+    figure: gr.Plot
+    table: gr.Dataframe
+
+
+def parse_strengths(value: Any) -> list[float]:
+    """ "0, 0.01 0.1" (or a list of numbers) -> [0.0, 0.01, 0.1], duplicates dropped."""
+    if isinstance(value, str) and len(value) <= 400:
+        items: list[Any] = [v for v in re.split(r"[,\s;]+", value.strip()) if v]
+    elif isinstance(value, list) and len(value) <= 4 * MAX_STRENGTHS:
+        items = value
+    else:
+        raise inputs.refuse(f"Strengths: type a few numbers separated by commas, like {DEFAULT_STRENGTHS!r}.")
+    numbers = list(dict.fromkeys(inputs.number(v, "Each strength", 0, MAX_PENALTY) for v in items))
+    if not numbers or len(numbers) > MAX_STRENGTHS:
+        raise inputs.refuse(f"Strengths: give 1 to {MAX_STRENGTHS} different numbers, got {len(numbers)}.")
+    return numbers
+
+
+def run_sweep(session: dict | None, dataset: str, arch: str, penalty: float, method: str, num_projections: int,
+              target: str, steps: int, batch_size: int, lr: float, seed: int, device: str, robustness: bool,
+              num_classes: int, strengths: str, regularizers: list[str], epsilon: float, *, space: limits.Limits,
+              memory: Estimator):
+    """/sweep: the controls' settings (λ aside) + strengths, regularisers and the PGD ε of the robust
+    accuracy -> one run per (regulariser, strength), streamed as (session, status, figure, table)."""
+    values = dict(dataset=dataset, arch=arch, penalty=penalty, method=method, num_projections=num_projections,
+                  target=target, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                  robustness=robustness, num_classes=num_classes)
+    base = controls_view.check(values, space)
+    strengths = parse_strengths(strengths)
+    if regularizers is not None and not isinstance(regularizers, list):
+        raise inputs.refuse(f"Regularisers: send a list of names among {', '.join(REGULARIZERS)}.")
+    chosen = [inputs.choice(r, "Regularisers", tuple(REGULARIZERS)) for r in (regularizers or [])[:len(REGULARIZERS)]]
+    epsilon = inputs.number(epsilon, "PGD ε", 0, 1)
+    try:
+        configs = sweeps.configs(base.replace(robustness=True), strengths, list(dict.fromkeys(chosen)) or None)
+        for cfg in configs:  # each regulariser's cost differs; the strength does not change memory
+            memory.check(cfg, data.class_count(cfg.dataset, cfg.num_classes), resolve_device(cfg.device))
+    except ConfigError as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
+    records: list[dict] = []
+    for index, cfg in enumerate(configs, start=1):
+        session, run_id = sessions.reserve_run(session)
+        run, pace = {"id": run_id, "record": new_record(cfg), "weights": {}}, Throttle()
+        # In a worker thread: Stop (a cancel) takes effect at the next tick, not after the attacks.
+        for item in in_background(run_stream(cfg), threading.Event()):
+            if item is not None:
+                record, weights = item
+                run = {**run, "record": record, **({"weights": weights} if weights is not None else {})}
+            record = run["record"]
+            finished = record["status"] != RUNNING
+            update = pace.next(final=finished)
+            if update == SKIP:
+                yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            elif update == HEAVY and not finished:
+                yield (sessions.with_run(session, run, space.max_runs), _status(index, len(configs), record),
+                       gr.skip(), gr.skip())
+        session = sessions.with_run(session, run, space.max_runs)
+        records.append(run["record"])
+        rows = sweeps.table(records, epsilon)
+        yield session, _status(index, len(configs), run["record"], done=True), plots.tradeoff_figure(rows, epsilon), \
+            _table(rows)
+
+
+def _status(index: int, total: int, record: dict, done: bool = False) -> str:
+    cfg, final = record["config"], record.get("final", {})
+    what = f"{html.escape(cfg['regularizer'])} at strength {cfg['penalty']:g}"
+    if done:
+        message = record.get("message") or record["status"]
+        ended = "finished" if record["status"] == "completed" else html.escape(message)
+        tail = " The sweep is complete." if index == total else ""
+        return f'<div class="jp-sweep-status">Run {index} of {total} ({what}) {ended}.{tail}</div>'
+    bar = f'<progress value="{index - 1}" max="{total}"></progress>'
+    return (f'<div class="jp-sweep-status">{bar} Run {index} of {total}: {what}, '
+            f'step {final.get("steps", 0)} of {cfg["steps"]}</div>')
+
+
+def _table(rows: list[dict]) -> pd.DataFrame:
+    def rounded(value: float, digits: int) -> float | None:
+        return round(value, digits) if isinstance(value, float) and math.isfinite(value) else None
+
+    return pd.DataFrame(
+        [[r["regularizer"], r["penalty"], rounded(r["test_accuracy"], 3), rounded(r["robust_accuracy"], 3),
+          rounded(r["square_accuracy"], 3), rounded(r["jacobian_norm"], 3), rounded(r["ms_per_step"], 2),
+          "★" if r["pareto"] else ""] for r in rows],
+        columns=list(TABLE_COLUMNS),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout
+
+
+def layout() -> SweepView:
+    with gr.Tab("Sweep", id="sweep"):
+        gr.Markdown("Train one run per strength with the settings on the left (λ aside), for one or several "
+                    "regularisers, and see which strength buys how much robustness for how much accuracy.")
+        with gr.Row():
+            strengths = gr.Textbox(DEFAULT_STRENGTHS, label="Strengths (λ; ε for adversarial training)", scale=2)
+            epsilon = gr.Number(DEFAULT_EPSILON, label="PGD ε for the robust accuracy", minimum=0, maximum=1)
+        regularizers = gr.CheckboxGroup(
+            list(REGULARIZERS), value=["jacobian"], label="Regularisers",
+            info="; ".join(f"{name}: {meaning}" for name, meaning in REGULARIZERS.items()),
+        )
+        with gr.Row():
+            run = gr.Button("Run sweep", variant="primary", scale=2)
+            stop = gr.Button("Stop", variant="stop", scale=1)
+        status = gr.HTML('<div class="jp-sweep-status">Choose strengths and press Run sweep.</div>')
+        figure = gr.Plot(plots.message_figure("The trade-off appears here as the runs finish."), label="Trade-off")
+        gr.Markdown(HOW_TO_READ, elem_classes="jp-hint")
+        table = gr.Dataframe(pd.DataFrame(columns=list(TABLE_COLUMNS)), label="The sweep's runs", interactive=False)
+    return SweepView(strengths, regularizers, epsilon, run, stop, status, figure, table)
+
+
+# ---------------------------------------------------------------------------------------------
+# Wiring
+
+
+def wire(view: SweepView, controls: controls_view.Controls, session: gr.State, space: limits.Limits,
+         memory: Estimator):
+    """Run sweep (api_name "sweep") and its Stop; returns the sweep event for chaining."""
+    event = view.run.click(
+        partial(run_sweep, space=space, memory=memory),
+        [session, *controls.inputs(), view.strengths, view.regularizers, view.epsilon],
+        [session, view.status, view.figure, view.table],
+        api_name="sweep",
+        api_description="One run per strength (and regulariser); streams the trade-off figure and table.",
+        preprocess=False,  # values as sent, checked by RunConfig and demo.app.inputs
+        concurrency_id=ACCELERATOR,
+        concurrency_limit=space.concurrency,
+        show_progress="minimal",
+    )
+    view.stop.click(None, None, None, cancels=[event])
+    return event

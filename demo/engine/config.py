@@ -1,0 +1,216 @@
+"""RunConfig: the single source of a training run's parameters.
+
+The UI builds it from component values, the CLI from flags named after its fields, tests
+construct it directly. It validates itself on construction and says in plain words what is wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import models
+from demo.engine import data
+from jacobian_penalty import METHODS
+
+TARGETS = ("logits", "features")
+# What `penalty` (the strength) means for each regulariser, in the words the app and CLI use.
+REGULARIZERS = MappingProxyType({
+    "jacobian": "penalty λ on ‖J(x)‖²_F, the squared Frobenius norm of the input-output Jacobian",
+    "input_gradient": "penalty λ on ‖∇ₓ loss‖², double backpropagation (Drucker & LeCun 1992)",
+    "adversarial": "training ε: train on PGD examples within this L∞ radius (Madry et al. 2018); 0: clean data",
+    "spectral": "on when > 0: every layer's weight divided by its largest singular value (spectral normalisation)",
+    "weight_decay": "penalty λ on ‖θ‖², the squared norm of the weights",
+})
+MAX_ADVERSARIAL_EPSILON = 1.0  # input units: images span [0, 1]
+OPTIMIZERS = ("adam", "sgd")
+DEVICES = ("auto", "cpu", "cuda")
+
+# Hard bounds: beyond them a run is a mistake or a denial of service, not an experiment.
+# A public Space narrows them further through environment variables (demo.app.limits).
+MAX_STEPS = 100_000
+MAX_BATCH = 4096
+MAX_PROJECTIONS = 64
+MAX_PENALTY = 1e6
+MAX_LR = 10.0
+MAX_SEED = 2**31 - 1
+MAX_WIDTH = 4096
+MAX_DEPTH = 16
+MAX_CLASSES = 2000
+MAX_NOISE = 2.0
+
+
+class ConfigError(ValueError):
+    """A run's parameters are wrong; the message is meant for the person who chose them."""
+
+
+# Each field as people see it in the app and the CLI's help: messages name fields this way.
+LABELS = MappingProxyType({
+    "penalty": "penalty λ", "num_projections": "projections per step", "batch_size": "batch size",
+    "lr": "learning rate", "time_budget": "time budget (s)", "report_every": "steps between reports",
+    "eval_every": "steps between evaluations", "num_classes": "number of classes", "width": "MLP width",
+    "depth": "MLP depth",
+})
+
+
+def label(name: str) -> str:
+    return LABELS.get(name, name)
+
+
+def shown(value: Any) -> str:
+    """A value as a message may quote it: short, whatever was sent."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one training run. Defaults: a ~2 s CPU run on embedded digits."""
+
+    dataset: str = "digits"
+    arch: str = "mlp"
+    penalty: float = 0.01  # lambda, the weight of the Jacobian penalty in the loss
+    method: str = "projection"
+    num_projections: int = 1
+    target: str = "logits"  # penalise d logits / dx, or d features / dx (penultimate layer)
+    steps: int = 1500
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"  # "auto" takes CUDA when present
+    time_budget: float = 0.0  # seconds of training; 0 means no limit
+    report_every: int = 25  # steps between progress events (each costs one host sync)
+    eval_every: int = 250  # steps between evaluations on the test set
+    noise: float = 0.1  # noise level of the 2-D point sets
+    num_classes: int = 100  # classes of the synthetic many-class set
+    width: int = 256  # mlp hidden width
+    depth: int = 2  # mlp hidden layers
+    robustness: bool = True  # measure accuracy under noise, FGSM, PGD and Square at the end
+    regularizer: str = "jacobian"  # what `penalty` sets: jacobian, input_gradient, adversarial, spectral, weight_decay
+    thorough: bool = False  # robustness: also APGD, and Square with more queries on more points (slower)
+
+    def __post_init__(self) -> None:
+        problems = _problems(self)
+        if problems:
+            raise ConfigError(" ".join(problems))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
+        """Build from loosely typed values (UI components, JSON): whole floats become ints,
+        strings are stripped; unknown keys and unconvertible values are reported in plain words."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"Unknown setting(s): {', '.join(map(str, unknown))}.")
+        return cls(**{name: _coerce(name, known[name].type, v) for name, v in values.items()})
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(name: str, type_name: str, value: Any) -> Any:
+    if value is None:
+        return value  # an emptied field: validation says so in words
+    if isinstance(value, str):
+        value = value.strip()
+    try:
+        if type_name == "int" and not isinstance(value, bool):
+            number = float(value)
+            if number.is_integer():
+                return int(number)
+            return value  # left for validation to explain
+        if type_name == "float" and not isinstance(value, bool):
+            return float(value)
+        if type_name == "bool" and isinstance(value, str):
+            if value.lower() in ("true", "1", "yes", "on"):
+                return True
+            if value.lower() in ("false", "0", "no", "off"):
+                return False
+    except (TypeError, ValueError):
+        raise ConfigError(f"{label(name)} must be a number, got {shown(value)}.") from None
+    except OverflowError:  # an integer like 10**400: float() cannot hold it
+        raise ConfigError(f"{label(name)} is far too large ({len(str(value))} digits).") from None
+    return value
+
+
+def _choice(name: str, value: Any, choices) -> str | None:
+    if isinstance(value, str) and value in choices:
+        return None
+    if value is None:
+        return f"Choose a {name}: one of {', '.join(choices)}."
+    what = repr(value) if isinstance(value, str) and len(value) <= 40 else f"(a {type(value).__name__})"
+    return f"Unknown {name} {what}; choose one of: {', '.join(choices)}."
+
+
+def _integer(name: str, value: Any, low: int, high: int) -> str | None:
+    if value is None:  # an emptied field in the app
+        return f"{name.capitalize()} is empty: type a whole number from {low} to {high}."
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"{name} must be a whole number, got {shown(value)}."
+    if not low <= value <= high:
+        return f"{name} must be between {low} and {high}, got {shown(value)}."
+    return None
+
+
+def _number(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> str | None:
+    if value is None:  # an emptied field in the app
+        low_text = f"greater than {low:g}" if low_open else f"from {low:g}"
+        return f"{name.capitalize()} is empty: type a number {low_text} to {high:g}."
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{name} must be a number, got {shown(value)}."
+    if isinstance(value, int) and abs(value) > 1e300:
+        return f"{name} is far too large ({len(str(value))} digits)."
+    if not math.isfinite(value):
+        return f"{name} must be a finite number, got {value}."
+    if value < low or (low_open and value == low) or value > high:
+        bound = f"greater than {low:g}" if low_open else f"at least {low:g}"
+        return f"{name} must be {bound} and at most {high:g}, got {value:g}."
+    return None
+
+
+def _problems(cfg: RunConfig) -> list[str]:
+    checks = [
+        _choice("dataset", cfg.dataset, tuple(data.DATASETS)),
+        _choice("architecture", cfg.arch, tuple(models.ARCHITECTURES)),
+        _choice("method", cfg.method, tuple(METHODS)),
+        _choice("target", cfg.target, TARGETS),
+        _choice("optimizer", cfg.optimizer, OPTIMIZERS),
+        _choice("device", cfg.device, DEVICES),
+        _choice("regularizer", cfg.regularizer, tuple(REGULARIZERS)),
+        _number("penalty λ (lambda)", cfg.penalty, 0.0, MAX_PENALTY),
+        _integer("projections per step (num_projections)", cfg.num_projections, 1, MAX_PROJECTIONS),
+        _integer("steps", cfg.steps, 1, MAX_STEPS),
+        _integer("batch size", cfg.batch_size, 1, MAX_BATCH),
+        _number("learning rate", cfg.lr, 0.0, MAX_LR, low_open=True),
+        _integer("seed", cfg.seed, 0, MAX_SEED),
+        _number("time budget (s)", cfg.time_budget, 0.0, 7 * 24 * 3600.0),
+        _integer("steps between reports", cfg.report_every, 1, MAX_STEPS),
+        _integer("steps between evaluations", cfg.eval_every, 1, MAX_STEPS),
+        _number("noise", cfg.noise, 0.0, MAX_NOISE),
+        _integer("number of classes", cfg.num_classes, 2, MAX_CLASSES),
+        _integer("MLP width", cfg.width, 1, MAX_WIDTH),
+        _integer("MLP depth", cfg.depth, 1, MAX_DEPTH),
+        None if isinstance(cfg.robustness, bool) else f"robustness must be true or false, got {shown(cfg.robustness)}.",
+        None if isinstance(cfg.thorough, bool) else f"thorough must be true or false, got {shown(cfg.thorough)}.",
+    ]
+    problems = [p for p in checks if p]
+    if not problems and cfg.regularizer != "jacobian" and cfg.target != "logits":
+        problems.append(f"The target (logits or features) applies to the Jacobian penalty only; the "
+                        f"{cfg.regularizer} regulariser works on the loss of the logits: keep target 'logits'.")
+    if not problems and cfg.regularizer == "adversarial" and cfg.penalty > MAX_ADVERSARIAL_EPSILON:
+        problems.append(f"The training ε of adversarial training must be at most {MAX_ADVERSARIAL_EPSILON:g} "
+                        f"(inputs span [0, 1]), got {cfg.penalty:g}.")
+    if not problems:
+        shape = data.input_shape(cfg.dataset)
+        reason = models.incompatibility(cfg.arch, shape, dataset=cfg.dataset)
+        if reason:
+            problems.append(reason)
+    return problems

@@ -1,0 +1,442 @@
+"""Training with a Jacobian penalty, as a generator of events.
+
+    loss = cross_entropy(f(x), y) + lambda * R(x),   R = batch mean of ||J(x_b)||_F^2
+
+`train(cfg)` yields `Started`, then `Progress` every `report_every` steps, `Evaluation` every
+`eval_every` steps and at the end, `Robustness` (if asked) and `Finished`. It never prints and
+never imports gradio: the CLI, the UI and the tests consume the same stream. Closing the
+generator (`gen.close()`, a UI's Stop) ends training at the next event; the consumer keeps
+what it has received.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import models
+from demo.engine import data as datasets
+from demo.engine import distributed, regularizers
+from demo.engine.config import ConfigError, RunConfig
+from demo.evaluation import attacks as thorough
+from demo.evaluation import robustness
+from jacobian_penalty import check_samples_independent, jacobian_norms, jacobian_penalty
+
+__all__ = [
+    "ConfigError",
+    "RunConfig",
+    "Started",
+    "Progress",
+    "Evaluation",
+    "Robustness",
+    "Finished",
+    "Event",
+    "train",
+    "resolve_device",
+    "build_model",
+    "final_metrics",
+]
+
+EVAL_JACOBIAN_SAMPLES = 256  # fixed test subset for the exact mean ||J||_F (for C <= 10)
+ROBUSTNESS_SAMPLES = 500  # test subset for the attacks: PGD costs pgd_steps backward passes
+PGD_STEPS = 10
+COLLAPSE_MARGIN = 0.02  # test accuracy within this of chance (1/C) is a collapsed model
+INDEPENDENCE_SAMPLES = 8  # the batch on which a run checks once that f keeps samples apart
+
+
+@dataclass(frozen=True)
+class Started:
+    config: RunConfig
+    device: str
+    dataset: dict[str, Any]  # name, kind, input_shape, num_classes, class_names, value_range
+    num_parameters: int
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    epoch: float
+    ce_loss: float  # mean over the steps since the last report
+    penalty: float  # mean estimate of ||J||_F^2 (the method's own estimate)
+    weighted_penalty: float  # lambda x penalty: what the penalty adds to the loss
+    train_accuracy: float
+    jacobian_norm_estimate: float  # sqrt(penalty): the penalty's estimate of ||J||_F
+    samples_per_s: float
+    elapsed: float
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    step: int
+    test_accuracy: float
+    jacobian_norm: float  # mean exact ||J(x)||_F of the logits over a fixed test subset
+    elapsed: float
+    # CPU copy of the weights at this step, so a stopped run keeps a model to inspect.
+    state_dict: dict[str, Tensor] = field(repr=False, compare=False, default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Robustness:
+    # noise / fgsm / pgd / square / unbounded (/ apgd) -> [{sigma|epsilon, accuracy}]
+    results: dict[str, list[dict[str, float]]]
+    checks: tuple[str, ...] = ()  # plain sentences: signs of gradient masking in the results
+
+
+@dataclass(frozen=True)
+class Finished:
+    status: str  # "completed", "time_budget", "diverged" or "out_of_memory"
+    message: str
+    final: dict[str, float]
+    history: tuple[dict[str, float], ...]
+    evaluations: tuple[dict[str, float], ...]
+    state_dict: dict[str, Tensor] = field(repr=False, compare=False, default_factory=dict)
+
+
+Event = Started | Progress | Evaluation | Robustness | Finished
+
+
+def resolve_device(name: str) -> torch.device:
+    """The one place that picks the run's device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for, but no CUDA GPU is available here; use 'auto' or 'cpu'.")
+    return torch.device(name)
+
+
+def build_model(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """The run's model, initialised from cfg.seed without touching the caller's RNG; with
+    spectral normalisation on every linear and convolutional layer when that is the regulariser."""
+    options = {"width": cfg.width, "depth": cfg.depth} if cfg.arch == "mlp" else {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = models.build(cfg.arch, input_shape, num_classes, **options)
+        if cfg.regularizer == "spectral" and cfg.penalty > 0:
+            regularizers.spectral_normalise(model)
+        return model
+
+
+def train(cfg: RunConfig) -> Iterator[Event]:
+    device = resolve_device(cfg.device)
+    data = datasets.load(
+        cfg.dataset, seed=cfg.seed, device=device, noise=cfg.noise, num_classes=cfg.num_classes
+    )
+    model = build_model(cfg, data.input_shape, data.num_classes).to(device)
+    yield Started(
+        config=cfg,
+        device=_device_label(device),
+        dataset=dataset_info(data),
+        num_parameters=sum(p.numel() for p in model.parameters()),
+    )
+    try:
+        yield from _run(cfg, model, data, device)
+        return
+    except torch.cuda.OutOfMemoryError:
+        where = "The GPU"
+    except (MemoryError, RuntimeError) as exc:
+        if not _cpu_out_of_memory(exc):
+            raise
+        where = "The machine"
+    # Free what this run held so the next run starts clean, then say what to change. Outside the
+    # except block: there the traceback still holds _run's frame (model, optimizer, activations),
+    # so empty_cache could hand nothing back. The consumer keeps the progress it already received.
+    del model, data
+    gc.collect()
+    torch.cuda.empty_cache()
+    yield Finished(
+            status="out_of_memory",
+            message=f"{where} ran out of memory. Try a smaller batch size, fewer projections, "
+            "or the 'projection' method instead of 'exact'.",
+            final={},
+            history=(),
+            evaluations=(),
+        )
+
+
+def _cpu_out_of_memory(exc: BaseException) -> bool:
+    """torch's CPU allocator reports a failed allocation as a RuntimeError with these words."""
+    text = str(exc)
+    return isinstance(exc, MemoryError) or "can't allocate memory" in text or "not enough memory" in text
+
+
+def dataset_info(data: datasets.Dataset) -> dict[str, Any]:
+    return {
+        "name": data.name,
+        "kind": data.kind,
+        "input_shape": list(data.input_shape),
+        "num_classes": data.num_classes,
+        "class_names": list(data.class_names),
+        "value_range": None if data.value_range is None else list(data.value_range),
+        "train_size": int(data.x_train.shape[0]),
+        "test_size": int(data.x_test.shape[0]),
+    }
+
+
+def _run(cfg: RunConfig, model: nn.Module, data: datasets.Dataset, device: torch.device) -> Iterator[Event]:
+    penalised = model if cfg.target == "logits" else model.features
+    # Once per run, by behaviour: a per-sample penalty needs outputs that keep samples apart.
+    model.train()
+    check_samples_independent(penalised, data.x_train[:INDEPENDENCE_SAMPLES])
+    # Under torchrun (see demo/distributed.py): the step's forward goes through DDP, every rank
+    # draws the same global batch of batch_size x world and trains on its shard, with its own
+    # probes; rank 0 alone evaluates the unwrapped model. One process: net is penalised, world 1.
+    net = distributed.wrap(model, cfg.target)
+    world = distributed.world_size()
+    optimizer = _optimizer(cfg, model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    batches = _batches(data.x_train.shape[0], cfg.batch_size * world, cfg.seed, device)
+    # Probes get their own generator: the same seed gives the same run on the CPU.
+    probes = torch.Generator(device=device).manual_seed(cfg.seed + 1 + distributed.rank())
+
+    history: list[dict[str, float]] = []
+    evaluations: list[dict[str, float]] = []
+    sums = _zero_sums(device)
+    start = last_report = time.perf_counter()
+    last_good_state: dict[str, Tensor] = {}
+    status, message, step = "completed", "", 0
+    samples_in_window = 0
+    for step in range(1, cfg.steps + 1):
+        idx, epoch = next(batches)
+        idx = distributed.shard(idx)
+        x, y = data.x_train[idx], data.y_train[idx]
+        model.train()
+        ce, penalty, correct = _step(cfg, model, net, optimizer, params, x, y, probes)
+        elapsed = time.perf_counter() - start
+        out_of_time = cfg.time_budget > 0 and distributed.any_rank(elapsed >= cfg.time_budget, device)
+        reporting = step % cfg.report_every == 0 or step == cfg.steps or out_of_time
+        count = step - (history[-1]["step"] if history else 0)
+        if penalty is None and reporting and cfg.regularizer == "jacobian":
+            # Counted as if every step of the window had this estimate, so the mean below holds.
+            penalty = _report_estimate(cfg, penalised, x, probes) * count
+        # Another regulariser's own term is its penalty; ||J|| is then estimated on report steps.
+        jacobian_estimate = (_report_estimate(cfg, penalised, x, probes)
+                             if reporting and cfg.regularizer != "jacobian" else None)
+        # Accumulate on the device: a host sync only at report time.
+        sums += torch.stack([ce.detach(), torch.zeros_like(ce) if penalty is None else penalty.detach(), correct])
+        samples_in_window += x.shape[0]
+
+        if reporting:
+            sums, samples_in_window = distributed.reduce_report(sums, samples_in_window)
+            ce_mean, pen_mean, correct_sum = (sums / torch.tensor([count, count, 1.0], device=device)).tolist()
+            now = time.perf_counter()
+            if not (math.isfinite(ce_mean) and math.isfinite(pen_mean)):
+                status = "diverged"
+                message = _divergence_message(cfg, step, ce_mean, pen_mean, history)
+                break
+            record = {
+                "step": step,
+                "epoch": epoch,
+                "ce_loss": ce_mean,
+                "penalty": pen_mean,
+                "weighted_penalty": cfg.penalty * pen_mean,
+                "train_accuracy": correct_sum / samples_in_window,
+                "jacobian_norm_estimate": math.sqrt(max(pen_mean if jacobian_estimate is None
+                                                        else float(jacobian_estimate), 0.0)),
+                "samples_per_s": samples_in_window / max(now - last_report, 1e-9),
+                "elapsed": now - start,
+            }
+            history.append(record)
+            yield Progress(**record)
+            sums, samples_in_window, last_report = _zero_sums(device), 0, time.perf_counter()
+        if step % cfg.eval_every == 0 and step != cfg.steps and not out_of_time and distributed.is_main():
+            evaluation = _evaluate(model, data, step, time.perf_counter() - start)
+            # This step's update can break the weights although its loss, computed before the
+            # update, was finite: such an evaluation is not kept, and the next report stops the run.
+            if _finite(evaluation):
+                last_good_state = evaluation.state_dict
+                evaluations.append(_eval_record(evaluation))
+                yield evaluation
+        if out_of_time:
+            status = "time_budget"
+            message = f"Stopped at step {step} of {cfg.steps}: the time budget of {cfg.time_budget:g} s was reached."
+            break
+
+    if status == "diverged":
+        final = final_metrics(history, evaluations, history[-1]["step"] if history else 0, cfg.batch_size * world)
+        yield Finished(status, message, final, tuple(history), tuple(evaluations), last_good_state)
+        return
+    if not distributed.is_main():
+        # Ranks > 0 hold the same weights as rank 0 and leave evaluation and robustness to it.
+        final = final_metrics(history, [], step, cfg.batch_size * world)
+        yield Finished(status, message, final, tuple(history), (), {})
+        return
+
+    evaluation = _evaluate(model, data, step, time.perf_counter() - start)
+    evaluations.append(_eval_record(evaluation))
+    yield evaluation
+    if cfg.robustness:
+        yield robustness_report(model, data, cfg.seed, cfg.thorough)
+    final = final_metrics(history, evaluations, step, cfg.batch_size * world)
+    message = message or collapse_message(cfg, final["test_accuracy"], data.num_classes)
+    yield Finished(status, message, final, tuple(history), tuple(evaluations), evaluation.state_dict)
+
+
+def collapse_message(cfg: RunConfig, test_accuracy: float, num_classes: int) -> str:
+    """What to say when a run that finished predicts no better than chance, or "" when it learned.
+
+    A model pushed flat by a huge penalty (or thrown about by a huge learning rate) ends "completed"
+    with accuracy 1/C and ‖J‖ near 0: numbers that look like success unless someone says so.
+    """
+    chance = 1.0 / num_classes
+    if not (math.isfinite(test_accuracy) and test_accuracy <= chance + COLLAPSE_MARGIN):
+        return ""
+    causes = []
+    if cfg.penalty >= 1.0:
+        causes.append(f"the strength {cfg.penalty:g} is very large: try 0.01 to 0.1")
+    if cfg.lr >= 0.1:
+        causes.append(f"the learning rate {cfg.lr:g} is very large: try 0.001")
+    advice = "; ".join(causes) if causes else "lower the strength or the learning rate, or train longer"
+    return (f"The model collapsed to chance: test accuracy {test_accuracy:.3f} with {num_classes} classes "
+            f"(chance is {chance:.3f}), so its small ‖J‖ means nothing; {advice}.")
+
+
+def _step(cfg, model, penalised, optimizer, params, x, y, probes) -> tuple[Tensor, Tensor | None, Tensor]:
+    """One optimisation step; returns (cross-entropy, penalty estimate or None if lambda = 0,
+    correct count) as tensors."""
+    if cfg.regularizer != "jacobian":
+        return regularizers.step(cfg, model, penalised, optimizer, params, x, y, probes)
+    if cfg.penalty > 0:
+        out, penalty = jacobian_penalty(
+            penalised, x, method=cfg.method, num_projections=cfg.num_projections, generator=probes
+        )
+    else:
+        out, penalty = penalised(x), None  # a plain step: no penalty, no extra backward
+    logits = out if cfg.target == "logits" else model.head(out)
+    ce = F.cross_entropy(logits, y)
+    loss = ce if penalty is None else ce + cfg.penalty * penalty
+    optimizer.zero_grad(set_to_none=True)
+    # Only the parameters' gradients: a bare backward() would also compute d loss / d x for the
+    # penalty's private copy of x, which nobody reads (lenet's step: 3.1x -> 2.5x a plain step).
+    loss.backward(inputs=params)
+    optimizer.step()
+    correct = (logits.detach().argmax(dim=1) == y).sum().to(logits.dtype)
+    return ce, penalty, correct
+
+
+def _report_estimate(cfg, penalised, x, probes) -> Tensor:
+    """lambda = 0 trains without the penalty; its estimate is still shown, measured on the
+    report step's batch only (no graph), so a plain run pays for it once per report."""
+    _, penalty = jacobian_penalty(
+        penalised, x, method=cfg.method, num_projections=cfg.num_projections, create_graph=False, generator=probes
+    )
+    return penalty
+
+
+def _optimizer(cfg: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+
+
+def _batches(n: int, batch_size: int, seed: int, device: torch.device) -> Iterator[tuple[Tensor, float]]:
+    """Endless shuffled mini-batch indices (dropping each epoch's ragged tail) with the epoch."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    size = min(batch_size, n)
+    seen = 0
+    while True:
+        order = torch.randperm(n, generator=gen, device=device)
+        for start in range(0, n - size + 1, size):
+            seen += size
+            yield order[start : start + size], seen / n
+
+
+def _zero_sums(device: torch.device) -> Tensor:
+    return torch.zeros(3, device=device)  # (ce sum, penalty sum, correct count)
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, x: Tensor, y: Tensor, batch: int = 1024) -> float:
+    correct = sum((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum() for i in range(0, len(x), batch))
+    return float(correct) / len(x)
+
+
+def jacobian_subset_size(num_classes: int) -> int:
+    """Test points for the exact ||J||: fewer as C grows, so evaluation stays about as cheap."""
+    return max(32, min(EVAL_JACOBIAN_SAMPLES, EVAL_JACOBIAN_SAMPLES * 10 // num_classes))
+
+
+def mean_jacobian_norm(model: nn.Module, x: Tensor) -> float:
+    # The library picks the direction (columns for 2-D points) and a memory-bounded row count.
+    chunks = [jacobian_norms(model, x[i : i + 128]) for i in range(0, len(x), 128)]
+    norms = torch.cat(chunks)
+    return norms.mean().item()
+
+
+def _evaluate(model: nn.Module, data: datasets.Dataset, step: int, elapsed: float) -> Evaluation:
+    was_training = model.training
+    model.eval()
+    subset = data.x_test[: jacobian_subset_size(data.num_classes)]
+    evaluation = Evaluation(
+        step=step,
+        test_accuracy=_accuracy(model, data.x_test, data.y_test),
+        jacobian_norm=mean_jacobian_norm(model, subset),
+        elapsed=elapsed,
+        state_dict={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+    )
+    model.train(was_training)
+    return evaluation
+
+
+def _finite(evaluation: Evaluation) -> bool:
+    return math.isfinite(evaluation.jacobian_norm) and all(
+        bool(torch.isfinite(v).all()) for v in evaluation.state_dict.values() if v.is_floating_point()
+    )
+
+
+def _eval_record(evaluation: Evaluation) -> dict[str, float]:
+    record = asdict(evaluation)
+    record.pop("state_dict")
+    return record
+
+
+def robustness_report(model: nn.Module, data: datasets.Dataset, seed: int, thorough_evaluation: bool) -> Robustness:
+    """Noise, FGSM and PGD; the gradient-free Square attack, PGD at an epsilon that reaches any input
+    (and APGD when thorough); and the signs of gradient masking those results show."""
+    sigmas, epsilons = robustness.default_grid(data.kind)
+    x, y = data.x_test[:ROBUSTNESS_SAMPLES], data.y_test[:ROBUSTNESS_SAMPLES]
+    results = robustness.evaluate(
+        model, x, y, value_range=data.value_range, sigmas=sigmas, epsilons=epsilons, pgd_steps=PGD_STEPS, seed=seed,
+    )
+    results.update(thorough.evaluate(model, x, y, value_range=data.value_range, epsilons=epsilons, kind=data.kind,
+                                     seed=seed, thorough=thorough_evaluation, pgd_steps=PGD_STEPS))
+    flags = thorough.masking_flags(results, kind=data.kind, num_classes=data.num_classes)
+    return Robustness(results, tuple(flags))
+
+
+def final_metrics(history: list[dict], evaluations: list[dict], step: int, batch_size: int) -> dict[str, float]:
+    """A run's final numbers: the latest progress report and the latest evaluation."""
+    last_eval = evaluations[-1] if evaluations else {}
+    last = history[-1] if history else {}
+    elapsed = last.get("elapsed", 0.0)
+    return {
+        "steps": step,
+        "test_accuracy": last_eval.get("test_accuracy", float("nan")),
+        "jacobian_norm": last_eval.get("jacobian_norm", float("nan")),
+        "train_accuracy": last.get("train_accuracy", float("nan")),
+        "elapsed": elapsed,
+        "samples_per_s": step * batch_size / elapsed if elapsed > 0 else 0.0,
+    }
+
+
+def _divergence_message(cfg: RunConfig, step: int, ce: float, pen: float, history: list[dict]) -> str:
+    what = "the cross-entropy" if not math.isfinite(ce) else "the Jacobian penalty"
+    kept = f"step {history[-1]['step']}" if history else "no step (it diverged before the first report)"
+    return (
+        f"Training diverged: {what} became {ce if what == 'the cross-entropy' else pen} by step {step}. "
+        f"The penalty weight ({cfg.penalty:g}) or the learning rate ({cfg.lr:g}) is probably too large. "
+        f"The metrics shown are the last good ones, from {kept}."
+    )
+
+
+def _device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"

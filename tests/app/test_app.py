@@ -1,0 +1,323 @@
+"""The app through its API, as a headless client sees it: launched in-process with
+prevent_thread_lock=True on a free port and driven by gradio_client (gradio's own test pattern).
+
+Runs are short (tens of steps); the one default run is bounded by the app's own time limit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from apphelpers import runs, served, wait_for
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+from safetensors.torch import load_file
+
+from demo.app import session as sessions
+from demo.app.limits import Limits, apply
+from demo.app.streaming import HEAVY, SKIP, Throttle
+from demo.engine import data
+from demo.engine.config import ConfigError, RunConfig
+from demo.engine.record import new_record
+
+# The default run takes a few seconds on an idle CPU; on a loaded CI machine the time limit
+# ends it early (status "time_budget"), which still ends with figures.
+TEST_LIMITS = Limits(max_seconds=60.0, concurrency=2)
+SHORT = {"steps": 60, "robustness": False}
+WAIT_S = 120
+
+# gradio's queue calls a pandas option that pandas 3 deprecates; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
+
+
+@pytest.fixture(scope="module")
+def url():
+    with served(TEST_LIMITS) as (_, address):
+        yield address
+
+
+@pytest.fixture
+def client(url):
+    client = Client(url, verbose=False)
+    yield client
+    client.close()
+
+
+def plotly(output) -> dict:
+    assert isinstance(output, dict) and output["type"] == "plotly", output
+    return json.loads(output["plot"])
+
+
+def test_every_endpoint_is_named_and_train_has_defaults(client):
+    api = client.view_api(return_format="dict", print_info=False)
+    named = api["named_endpoints"]
+    for name in ("/train", "/runs", "/compare", "/download", "/jacobian", "/robustness", "/perturbed", "/thread",
+                 "/cost", "/sweep"):
+        assert name in named
+    params = named["/train"]["parameters"]
+    assert [p["parameter_name"] for p in params] == [
+        "dataset", "arch", "penalty", "method", "num_projections", "target",
+        "steps", "batch_size", "lr", "seed", "device", "robustness", "num_classes",
+    ]
+    assert all(p["parameter_has_default"] for p in params)
+    assert {p["parameter_name"]: p["parameter_default"] for p in params}["dataset"] == "digits"
+
+
+def test_train_without_arguments_streams_and_ends_with_figures(client):
+    job = client.submit(api_name="/train")
+    status, curves, _field = job.result(timeout=WAIT_S)
+    outputs = job.outputs()
+    assert len(outputs) >= 3
+    statuses = {out[0] for out in outputs if isinstance(out[0], str)}
+    assert any("step" in s and "samples/s" in s for s in statuses)  # a live update while it ran
+    assert "Run #1" in status and ("Finished 1500 steps" in status or "time budget" in status)
+    figure = plotly(curves)
+    names = {trace["name"] for trace in figure["data"]}
+    assert {"cross-entropy", "λ × penalty", "train", "test", "exact (test subset)"} <= names
+    [row] = runs(client)
+    assert row["status"] in ("completed", "time_budget") and row["test acc"] > 0.5
+
+
+def test_cancel_stops_training_and_keeps_the_partial_run(client):
+    steps = 20_000
+    job = client.submit(steps=steps, robustness=False, api_name="/train")
+    # Wait for a heavy update that shows progress, so the session holds the run in progress.
+    wait_for(lambda: any(isinstance(o[0], str) and re.search(r"step [1-9]\d* of", o[0]) for o in job.outputs()))
+    job.cancel()
+    wait_for(lambda: job.status().code.name == "CANCELLED")
+    with pytest.raises(Exception):  # noqa: B017 - CancelledError from concurrent.futures
+        job.result(timeout=10)
+
+    [run] = runs(client)
+    assert run["status"] == "stopped"
+    assert 0 < run["steps"] < steps
+    time.sleep(1.5)
+    [again] = runs(client)
+    assert again["steps"] == run["steps"]  # the server-side generator is closed: no more steps
+
+    # The kept run is a real run: its record and the weights of its last evaluation download.
+    json_path, weights_path = client.predict("", api_name="/download")
+    record = json.loads(Path(json_path).read_text())
+    assert record["status"] == "stopped" and record["history"]
+    assert record["config"]["steps"] == steps
+
+
+def test_two_clients_train_at_once_and_keep_their_own_runs(url):
+    first, second = Client(url, verbose=False), Client(url, verbose=False)
+    try:
+        jobs = [
+            first.submit(seed=1, penalty=0.0, **SHORT, api_name="/train"),
+            second.submit(seed=2, penalty=0.1, **SHORT, api_name="/train"),
+        ]
+        for job in jobs:
+            job.result(timeout=WAIT_S)
+        [mine], [theirs] = runs(first), runs(second)
+        assert (mine["seed"], mine["λ"]) == (1, 0.0)
+        assert (theirs["seed"], theirs["λ"]) == (2, 0.1)
+        record = json.loads(Path(second.predict("", api_name="/download")[0]).read_text())
+        assert (record["config"]["seed"], record["config"]["penalty"]) == (2, 0.1)
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.parametrize(
+    ("bad", "words"),
+    [
+        ({"penalty": -1.0}, "penalty λ (lambda) must be at least 0"),
+        ({"dataset": "spirals", "arch": "lenet"}, "lenet needs image inputs"),
+        ({"steps": TEST_LIMITS.max_steps + 1}, "more than this app allows"),
+        ({"device": "tpu"}, "Unknown device 'tpu'; choose one of: auto, cpu, cuda"),  # /train: RunConfig checks all
+        pytest.param(
+            {"device": "cuda"}, "no CUDA GPU is available here",  # raised inside the training generator
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
+        ),
+    ],
+)
+def test_bad_input_gets_a_plain_sentence_and_the_next_run_works(client, bad, words):
+    with pytest.raises(AppError) as caught:
+        client.predict(**{**SHORT, **bad}, api_name="/train")
+    message = str(caught.value)
+    assert words in message
+    assert "Traceback" not in message and 'File "' not in message
+    status, _, _ = client.predict(**SHORT, api_name="/train")
+    assert "Finished 60 steps" in status
+
+
+def test_views_of_a_run_on_2d_data(client):
+    status, curves, field = client.predict(dataset="moons", penalty=0.01, steps=200, api_name="/train")
+    assert "Finished 200 steps" in status
+    field_figure = plotly(field)
+    kinds = [trace["type"] for trace in field_figure["data"]]
+    assert kinds[:2] == ["heatmap", "contour"] and "scatter" in kinds
+
+    heatmap, jac_field, info = client.predict("", "", 3, api_name="/jacobian")
+    assert plotly(heatmap)["data"][0]["type"] == "heatmap"
+    assert plotly(jac_field)["data"][0]["type"] == "heatmap"
+    assert "Test example 3" in info
+    # Negative numbers count from the end of the test set, as Python's indices do.
+    last = len(data.load("moons", seed=0).x_test) - 1
+    _, _, info = client.predict("", "", -1, api_name="/jacobian")
+    assert f"Test example {last}," in info
+
+    robustness = plotly(client.predict([], api_name="/robustness"))
+    assert {trace["name"] for trace in robustness["data"]} == {"#1 λ=0.01 projection"}
+    examples = plotly(client.predict("", "fgsm", 0.2, api_name="/perturbed"))
+    assert any(trace.get("name") == "clean" for trace in examples["data"])
+
+
+def test_jacobian_view_compares_two_runs_of_images(client):
+    for penalty in (0.0, 0.1):
+        client.predict(penalty=penalty, **SHORT, api_name="/train")
+    heatmap, field, info = client.predict("2", "1", 0, api_name="/jacobian")
+    figure = plotly(heatmap)
+    classes = len(data.load("digits").class_names)
+    assert len(figure["data"]) == 2 * (1 + classes)  # per run: the input and one image per class
+    assert info.count("predicts") == 2
+    with pytest.raises(AppError, match="no run #9"):
+        client.predict("9", "", 0, api_name="/jacobian")
+
+
+def test_download_gives_record_and_weights_and_refuses_odd_ids(client):
+    client.predict(**SHORT, api_name="/train")
+    json_path, weights_path = client.predict("1", api_name="/download")
+    record = json.loads(Path(json_path).read_text())
+    assert {"config", "history", "evaluations", "final", "robustness", "status"} <= set(record)
+    weights = load_file(weights_path)
+    assert "head.weight" in weights and weights["head.weight"].shape[0] == 10
+    with pytest.raises(AppError, match="no run #../../etc"):
+        client.predict("../../etc/passwd", api_name="/download")
+
+
+def test_thread_panel_shows_the_zero_gradient(client):
+    numbers, figure = client.predict(steps=10, warmup_steps=20, api_name="/thread")
+    assert "‖d penalty / d parameters‖ | 0 |" in numbers
+    names = {trace["name"] for trace in plotly(figure)["data"]}
+    assert any(name.startswith("thread") for name in names) and any(name.startswith("ours") for name in names)
+
+
+def test_cost_view_measures_each_method(client):
+    figure, table = client.predict(classes=[10, 30], methods=["projection"], batch_size=8, api_name="/cost")
+    rows = {(row[0], row[1]) for row in table["data"]}
+    assert rows == {("plain", 10), ("projection", 10), ("plain", 30), ("projection", 30)}
+    assert {trace["name"] for trace in plotly(figure)["data"]} == {"plain", "projection"}
+
+
+def test_limits_come_from_the_environment_and_bound_each_run():
+
+    space = Limits.from_env({"JP_MAX_STEPS": "500", "JP_MAX_SECONDS": "10", "JP_CONCURRENCY": "2"})
+    assert (space.max_steps, space.max_seconds, space.concurrency) == (500, 10.0, 2)
+    assert Limits.from_env({}) == Limits()
+    with pytest.raises(ValueError, match="JP_QUEUE_SIZE"):
+        Limits.from_env({"JP_QUEUE_SIZE": "many"})
+    assert apply(RunConfig(steps=500), space).time_budget == 10.0  # no budget: the Space's
+    assert apply(RunConfig(steps=500, time_budget=3.0), space).time_budget == 3.0
+    with pytest.raises(ConfigError, match="500 per run"):
+        apply(RunConfig(steps=501), space)
+
+
+def test_session_files_live_in_a_temp_folder_the_app_made_and_go_with_the_session(tmp_path):
+
+    session, run_id = sessions.reserve_run(sessions.new_session())
+    folder = Path(session["folder"])
+    assert folder.parent == Path(tempfile.gettempdir()) and folder.name.startswith(sessions.FOLDER_PREFIX)
+    run = {"id": run_id, "record": new_record(RunConfig()), "weights": {"w": torch.ones(2)}}
+    session = sessions.with_run(session, run, max_runs=5)
+    json_path, weights_path = sessions.write_files(session, sessions.find_run(session, f"#{run_id}"))
+    assert Path(json_path).parent == folder and Path(weights_path).parent == folder
+    assert json.loads(Path(json_path).read_text())["status"] == "stopped"
+
+    outside = tmp_path / "not-ours"
+    outside.mkdir()
+    sessions.delete_files({"folder": str(outside)})  # a folder the app did not make stays
+    assert outside.exists()
+    sessions.delete_files(session)
+    assert not folder.exists()
+
+
+def test_a_session_keeps_its_newest_runs():
+
+    session = sessions.new_session()
+    for _ in range(4):
+        session, run_id = sessions.reserve_run(session)
+        session = sessions.with_run(session, {"id": run_id, "record": new_record(RunConfig()), "weights": {}}, 3)
+    assert [r["id"] for r in session["runs"]] == [2, 3, 4]
+    assert sessions.find_run(session, "")["id"] == 4
+    with pytest.raises(sessions.RunNotFound, match="no run #1 in this session"):
+        sessions.find_run(session, "1")
+    sessions.delete_files(session)
+
+
+def test_throttle_paces_heavy_updates_and_cancellation_points():
+    pace = Throttle(heavy_s=math.inf, skip_s=0.0)
+    assert pace.next() == HEAVY  # the first update is always heavy
+    assert [pace.next() for _ in range(3)] == [SKIP] * 3
+    assert pace.next(final=True) == HEAVY  # and so is the last
+    quiet = Throttle(heavy_s=math.inf, skip_s=math.inf)
+    assert (quiet.next(), quiet.next()) == (HEAVY, None)
+
+
+def test_sweep_streams_one_run_per_strength_and_keeps_them_in_the_session(client):
+    job = client.submit(dataset="moons", steps=80, strengths="0, 0.1", regularizers=["jacobian", "weight_decay"],
+                        epsilon=0.2, api_name="/sweep")
+    status, figure, table = job.result(timeout=WAIT_S)
+    assert "Run 4 of 4" in status and "complete" in status
+    rows = [dict(zip(table["headers"], row, strict=True)) for row in table["data"]]
+    assert [(r["regulariser"], r["strength"]) for r in rows] == [
+        ("jacobian", 0), ("jacobian", 0.1), ("weight_decay", 0), ("weight_decay", 0.1)]
+    assert any(r["Pareto"] == "★" for r in rows)
+    # The table's numbers are those of the runs the session now holds (the Runs tab's table).
+    kept = runs(client)
+    assert [(r["run"], r["status"]) for r in kept][-4:] == [(i, "completed") for i in range(1, 5)]
+    assert [r["test acc"] for r in kept] == [r["clean acc"] for r in rows]
+    names = {trace.get("name") for trace in plotly(figure)["data"]}
+    assert {"jacobian", "weight_decay"} <= names
+    assert len(job.outputs()) >= 4  # one update per finished run at least: it streams
+
+
+def test_sweep_refuses_bad_strengths_in_plain_words(client):
+    for strengths, words in (("0, lots", "Each strength"), ("", "1 to 10"), ("0, 2e9", "Each strength")):
+        with pytest.raises(AppError, match=words):
+            client.predict(dataset="moons", steps=10, strengths=strengths, api_name="/sweep")
+
+
+def test_a_thorough_evaluation_adds_apgd_and_keeps_the_results_in_the_run(client):
+    client.predict(dataset="moons", steps=80, robustness=False, api_name="/train")
+    figure = plotly(client.predict("1", api_name="/thorough"))
+    assert "APGD (L∞)" in [a["text"] for a in figure["layout"]["annotations"]]
+    json_path, _ = client.predict("1", api_name="/download")
+    record = json.loads(Path(json_path).read_text())
+    assert {"noise", "fgsm", "pgd", "square", "apgd", "unbounded"} <= set(record["robustness"])
+    assert isinstance(record["robustness_checks"], list)
+    with pytest.raises(AppError, match="no run #7"):
+        client.predict("7", api_name="/thorough")
+
+
+def test_legends_name_what_differs_between_the_runs_drawn_together():
+    def run(run_id, **cfg):
+        return {"id": run_id, "weights": {}, "record": new_record(RunConfig(**cfg))}
+
+    same = [run(1, penalty=0.0), run(2, penalty=0.01)]
+    assert sessions.legend_labels(same) == ["#1 λ=0 projection", "#2 λ=0.01 projection"]
+    mixed = [run(1, penalty=0.01), run(2, penalty=0.01, dataset="moons"), run(3, penalty=0.01, seed=4)]
+    labels = sessions.legend_labels(mixed)
+    assert labels == ["#1 λ=0.01 projection digits seed 0", "#2 λ=0.01 projection moons seed 0",
+                      "#3 λ=0.01 projection digits seed 4"]
+    assert len(set(label.split(" ", 1)[1] for label in labels)) == 3  # without the id, still tell apart
+
+
+def test_the_robustness_overlay_draws_runs_of_one_dataset(client):
+    client.predict(dataset="digits", steps=40, api_name="/train")
+    client.predict(dataset="moons", steps=40, api_name="/train")
+    figure = plotly(client.predict(["1", "2"], api_name="/robustness"))
+    names = {trace["name"] for trace in figure["data"]}
+    assert names == {"#2 λ=0.01 projection"}  # the newest run's dataset (moons); #1 (digits) left out
+    figure = plotly(client.predict(["1"], api_name="/robustness"))
+    assert {trace["name"] for trace in figure["data"]} == {"#1 λ=0.01 projection"}

@@ -1,0 +1,252 @@
+"""Figure builders as pure functions of small hand-made run records: the right traces, names,
+axes, and values equal to the records' values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from demo.app import plots
+
+
+def record(penalty: float, steps=(10, 20, 30)) -> dict:
+    return {
+        "config": {"penalty": penalty, "method": "projection", "arch": "mlp", "dataset": "digits"},
+        "status": "completed",
+        "history": [
+            {"step": s, "ce_loss": 1.0 / s, "weighted_penalty": penalty * s, "train_accuracy": s / 100,
+             "jacobian_norm_estimate": 2.0 + s}
+            for s in steps
+        ],
+        "evaluations": [{"step": 15, "test_accuracy": 0.5, "jacobian_norm": 7.0},
+                        {"step": 30, "test_accuracy": 0.75, "jacobian_norm": 5.0}],
+        "robustness": {
+            "noise": [{"sigma": 0.0, "accuracy": 0.9}, {"sigma": 0.2, "accuracy": 0.6 + penalty}],
+            "fgsm": [{"epsilon": 0.0, "accuracy": 0.9}, {"epsilon": 0.1, "accuracy": 0.3 + penalty}],
+            "pgd": [{"epsilon": 0.0, "accuracy": 0.9}, {"epsilon": 0.1, "accuracy": 0.2 + penalty}],
+        },
+    }
+
+
+def traces_by_name(fig) -> dict:
+    return {trace.name: trace for trace in fig.data}
+
+
+def test_run_label_names_lambda_method_arch_and_dataset():
+    assert plots.run_label(record(0.01)) == "λ=0.01 projection, mlp/digits"
+    assert plots.run_label({"label": "ours"}) == "ours"
+
+
+def test_training_curves_of_one_run_follow_the_record():
+    rec = record(0.1)
+    fig = plots.steps_figure([("run", rec)], plots.TRAINING_PANELS)
+    traces = traces_by_name(fig)
+    assert list(traces) == ["cross-entropy", "λ × penalty", "train", "test", "estimate (train batch)",
+                            "exact (test subset)"]
+    assert list(traces["cross-entropy"].x) == [10, 20, 30]
+    assert list(traces["cross-entropy"].y) == [h["ce_loss"] for h in rec["history"]]
+    assert list(traces["λ × penalty"].y) == pytest.approx([1.0, 2.0, 3.0])
+    assert list(traces["test"].x) == [15, 30] and list(traces["test"].y) == [0.5, 0.75]
+    assert list(traces["exact (test subset)"].y) == [7.0, 5.0]
+    # Each panel's traces sit on its own axes, with the panel's titles and scale.
+    assert [traces[n].xaxis for n in ("cross-entropy", "train", "exact (test subset)")] == ["x", "x2", "x3"]
+    layout = fig.layout
+    assert [layout.xaxis.title.text, layout.xaxis2.title.text] == ["step", "step"]
+    assert [layout.yaxis.title.text, layout.yaxis2.title.text, layout.yaxis3.title.text] == [
+        "loss", "accuracy", "‖J‖_F"]
+    assert [layout.yaxis.type, layout.yaxis2.type, layout.yaxis3.type] == ["log", "linear", "log"]
+    assert [a.text for a in layout.annotations] == [p.title for p in plots.TRAINING_PANELS]
+    # One legend serves all panels: each series needs its own colour to be told apart there.
+    colours = [trace.line.color for trace in fig.data]
+    assert len(set(colours)) == len(colours)
+
+
+def test_several_runs_get_a_colour_each_and_a_dash_per_series():
+    fig = plots.steps_figure([("a", record(0.0)), ("b", record(0.1))], plots.TRAINING_PANELS[:1])
+    traces = traces_by_name(fig)
+    assert set(traces) == {"a · cross-entropy", "b · cross-entropy", "a · λ × penalty", "b · λ × penalty"}
+    assert traces["a · cross-entropy"].line.color == traces["a · λ × penalty"].line.color
+    assert traces["a · cross-entropy"].line.color != traces["b · cross-entropy"].line.color
+    assert traces["a · cross-entropy"].line.dash != traces["a · λ × penalty"].line.dash
+    assert list(traces["b · λ × penalty"].y) == pytest.approx([1.0, 2.0, 3.0])
+
+
+def test_missing_and_non_finite_values_are_left_out():
+    rec = record(0.1)
+    rec["history"][1]["ce_loss"] = math.nan
+    del rec["history"][2]["ce_loss"]
+    fig = plots.steps_figure([("run", rec)], plots.TRAINING_PANELS[:1])
+    assert list(traces_by_name(fig)["cross-entropy"].x) == [10]
+
+
+def test_thread_panels_draw_the_thread_records():
+    thread = {"label": "thread", "history": [{"step": 0, "jacobian_norm": 3.0, "test_accuracy": 0.5},
+                                             {"step": 5, "jacobian_norm": 9.0, "test_accuracy": 0.1,
+                                              "penalty_grad_norm": 0.0, "grad_pollution": 40.0}]}
+    ours = {"label": "ours", "history": [{"step": 0, "jacobian_norm": 3.0, "test_accuracy": 0.5},
+                                         {"step": 5, "jacobian_norm": 1.0, "test_accuracy": 0.6,
+                                          "penalty_grad_norm": 2.5, "grad_pollution": 0.0}]}
+    fig = plots.steps_figure([(r["label"], r) for r in (thread, ours)], plots.THREAD_PANELS)
+    # One series a panel: the legend names the runs, once each.
+    assert [t.name for t in fig.data if t.showlegend] == ["thread", "ours"]
+    thread_norm, ours_norm, _, _, thread_grad, ours_grad, _, ours_pollution = fig.data
+    assert (thread_norm.name, list(thread_norm.y)) == ("thread", [3.0, 9.0])
+    assert (ours_norm.name, list(ours_norm.y)) == ("ours", [3.0, 1.0])
+    assert thread_grad.xaxis == "x3" and list(thread_grad.x) == [5] and list(thread_grad.y) == [0.0]
+    assert list(ours_grad.y) == [2.5] and list(ours_pollution.y) == [0.0]
+
+
+def test_robustness_figure_has_a_panel_per_attack_and_a_curve_per_run():
+    runs = [("λ=0", record(0.0)), ("λ=0.1", record(0.1))]
+    fig = plots.robustness_figure(runs, ("noise", "fgsm", "pgd"))
+    assert len(fig.data) == 6
+    by_panel = {}
+    for trace in fig.data:
+        by_panel.setdefault(trace.xaxis, []).append(trace)
+    assert sorted(by_panel) == ["x", "x2", "x3"]
+    noise = {t.name: t for t in by_panel["x"]}
+    assert list(noise["λ=0.1"].x) == [0.0, 0.2] and list(noise["λ=0.1"].y) == pytest.approx([0.9, 0.7])
+    pgd = {t.name: t for t in by_panel["x3"]}
+    assert list(pgd["λ=0"].y) == [0.9, 0.2]
+    assert [t.showlegend for t in fig.data if t.name == "λ=0"] == [True, False, False]
+    assert [fig.layout.xaxis.title.text, fig.layout.xaxis2.title.text, fig.layout.xaxis3.title.text] == ["σ", "ε", "ε"]
+    assert fig.layout.yaxis.title.text == "test accuracy"
+    # By default the gradient-free attack has its own panel too (empty for a record without it).
+    assert len(plots.robustness_figure(runs).data) == 8
+    assert [a.text for a in fig.layout.annotations] == ["Gaussian noise", "FGSM (L∞)", "PGD (L∞)"]
+
+
+def image_example(scale: float, prediction: int = 1) -> dict:
+    jac = scale * np.arange(3 * 2 * 2 * 2, dtype=np.float32).reshape(3, 2, 2, 2) - 5  # (C=3, channels=2, 2, 2)
+    return {"jacobian": jac, "input": np.full((2, 2, 2), 0.5), "prediction": prediction,
+            "class_names": ["a", "b", "c"], "kind": "image"}
+
+
+def test_jacobian_images_show_each_class_row_with_one_colour_scale():
+    examples = [("run 1", image_example(1.0)), ("run 2", image_example(0.5, prediction=2))]
+    fig = plots.jacobian_figure(examples)
+    assert len(fig.data) == 2 * (1 + 3)  # per run: the input and one image per class
+    assert [t.name for t in fig.data[:4]] == ["input", "∂f[a]/∂x", "∂f[b]/∂x", "∂f[c]/∂x"]
+    jac = examples[0][1]["jacobian"]
+    np.testing.assert_allclose(np.asarray(fig.data[2].z), jac[1].sum(axis=0))  # channels summed
+    np.testing.assert_allclose(np.asarray(fig.data[7].z), examples[1][1]["jacobian"][2].sum(axis=0))
+    top = float(np.abs(jac).max())
+    assert all(t.zmin == -top and t.zmax == top for t in fig.data if t.name != "input")
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles == ["input", "a", "b", "c"] * 2
+    # Each row is named by its run and that run's prediction, on its first column's axis.
+    assert fig.layout.yaxis.title.text == "run 1: predicts b" and fig.layout.yaxis5.title.text == "run 2: predicts c"
+    # Square pixels, first row on top.
+    assert fig.layout.yaxis3.scaleanchor == "x3" and fig.layout.yaxis3.autorange == "reversed"
+
+
+def test_jacobian_images_keep_the_classes_with_the_largest_rows():
+    jac = np.zeros((12, 1, 2, 2), dtype=np.float32)
+    jac[[0, 5, 11]] = 1.0  # 3 large rows among 12; the other 9 are 0, tied
+    example = {"jacobian": jac, "input": np.zeros((1, 2, 2)), "prediction": 0,
+               "class_names": [str(i) for i in range(12)], "kind": "image"}
+    names = [t.name for t in plots.jacobian_figure([("r", example)]).data]
+    assert len(names) == 1 + plots.MAX_CLASS_IMAGES
+    assert {"∂f[0]/∂x", "∂f[5]/∂x", "∂f[11]/∂x"} <= set(names)
+
+
+def test_jacobian_of_points_is_a_c_by_d_matrix():
+    jac = np.array([[1.0, -2.0], [0.5, 3.0]])
+    example = {"jacobian": jac, "input": np.zeros(2), "prediction": 0, "class_names": ["class 0", "class 1"],
+               "kind": "points"}
+    fig = plots.jacobian_figure([("r", example)])
+    [heatmap] = fig.data
+    np.testing.assert_allclose(np.asarray(heatmap.z), jac)
+    assert list(heatmap.x) == ["x1", "x2"] and list(heatmap.y) == ["class 0", "class 1"]
+    assert (heatmap.zmin, heatmap.zmax, heatmap.zmid) == (-3.0, 3.0, 0)
+    assert fig.layout.xaxis.title.text == "input d" and fig.layout.yaxis.title.text == "output c"
+
+
+def test_field_shows_norms_boundary_and_points():
+    field = {"xs": np.array([0.0, 1.0, 2.0]), "ys": np.array([-1.0, 1.0]),
+             "norms": np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]),
+             "predictions": np.array([[0, 0, 1], [0, 1, 1]]), "num_classes": 2}
+    points = {"x": np.array([[0.5, 0.0], [1.5, 0.5], [1.0, -0.5]]), "y": np.array([0, 1, 0])}
+    fig = plots.field_figure([("run", field)], points)
+    heatmap, contour, class0, class1 = fig.data
+    np.testing.assert_allclose(np.asarray(heatmap.z), field["norms"])
+    assert list(heatmap.x) == [0.0, 1.0, 2.0] and list(heatmap.y) == [-1.0, 1.0]
+    np.testing.assert_array_equal(np.asarray(contour.z), field["predictions"])
+    assert contour.contours.start == contour.contours.end == 0.5  # the one boundary between 2 classes
+    assert (class0.name, list(class0.x), list(class0.y)) == ("class 0", [0.5, 1.0], [0.0, -0.5])
+    assert (class1.name, list(class1.x), list(class1.y)) == ("class 1", [1.5], [0.5])
+    assert fig.layout.xaxis.title.text == "x1" and fig.layout.yaxis.title.text == "x2"
+
+
+def test_empty_views_say_why():
+    for fig in (plots.field_figure([]), plots.jacobian_figure([])):
+        assert not fig.data and fig.layout.annotations[0].text
+
+
+def test_perturbed_images_are_shown_above_their_originals_with_predictions():
+    examples = {"kind": "image", "inputs": np.zeros((2, 1, 2, 2)), "perturbed": np.ones((2, 1, 2, 2)),
+                "labels": [3, 4], "predictions": [3, 1], "class_names": [str(i) for i in range(5)],
+                "attack": "fgsm", "strength": 0.1}
+    fig = plots.examples_figure(examples)
+    assert len(fig.data) == 4
+    assert [t.name for t in fig.data] == ["inputs", "inputs", "perturbed", "perturbed"]
+    np.testing.assert_allclose(np.asarray(fig.data[3].z), np.ones((2, 2)))
+    assert [a.text for a in fig.layout.annotations] == ["3", "4", "3 ✓", "1 ✗"]
+    assert (fig.layout.yaxis.title.text, fig.layout.yaxis3.title.text) == ("label", "prediction")
+    assert fig.layout.title.text == "fgsm at strength 0.1"
+    assert plots.examples_figure(examples, run="#2 λ=0.01").layout.title.text == "#2 λ=0.01: fgsm at strength 0.1"
+
+
+def test_perturbed_points_are_joined_to_their_originals():
+    examples = {"kind": "points", "inputs": np.array([[0.0, 0.0], [1.0, 1.0]]),
+                "perturbed": np.array([[0.1, 0.0], [1.0, 1.2]]), "labels": [0, 1], "predictions": [0, 0],
+                "class_names": ["class 0", "class 1"], "attack": "pgd", "strength": 0.2}
+    traces = traces_by_name(plots.examples_figure(examples))
+    assert list(traces["clean"].x) == [0.0, 1.0]
+    assert list(traces["perturbed, still correct"].x) == [0.1]
+    assert list(traces["perturbed, wrong"].y) == [1.2]
+
+
+def test_cost_figure_plots_each_metric_against_c():
+    rows = [
+        {"method": "plain", "num_classes": 100, "ms_per_step": 2.0, "ratio": 1.0},
+        {"method": "plain", "num_classes": 10, "ms_per_step": 1.0, "ratio": 1.0},
+        {"method": "exact", "num_classes": 10, "ms_per_step": 3.0, "ratio": 3.0},
+        {"method": "exact", "num_classes": 100, "ms_per_step": 40.0, "ratio": 20.0},
+    ]
+    fig = plots.cost_figure(rows)
+    assert len(fig.data) == 4
+    ms = {t.name: t for t in fig.data if t.xaxis == "x"}
+    ratio = {t.name: t for t in fig.data if t.xaxis == "x2"}
+    assert list(ms["plain"].x) == [10, 100] and list(ms["plain"].y) == [1.0, 2.0]
+    assert list(ratio["exact"].y) == [3.0, 20.0]
+    assert fig.layout.xaxis.type == "log" and fig.layout.xaxis.title.text == "outputs C"
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis2.type == "log"  # ratios from 2 to 1000: log
+
+
+def test_robustness_figure_states_the_masking_flags_of_its_runs():
+    flagged = {**record(0.0), "robustness_checks": ["PGD left more accuracy than FGSM at epsilon 0.1: ..."]}
+    fig = plots.robustness_figure([("λ=0", flagged), ("λ=0.1", record(0.1))])
+    texts = [a.text for a in fig.layout.annotations]
+    assert any(t.startswith("⚠ λ=0: PGD left more accuracy than FGSM") for t in texts)
+    unflagged = plots.robustness_figure([("λ=0.1", record(0.1))])
+    assert not any("⚠" in a.text for a in unflagged.layout.annotations)
+
+
+@pytest.mark.parametrize("values", [[0.0012, 0.9], [2.1, 3.9], [59.9, 5.3, 0.4], [1e-4, 10.0, 250.0], [0.005, 2.0],
+                                    [0.5, 1.0], [3.0, 100.0]])
+def test_log_axes_label_every_tick_with_its_full_value(values):
+    ticks = plots.log_ticks(values)
+    assert 2 <= len(ticks["tickvals"]) <= 8  # few enough to fit a phone's panel
+    for value, text in zip(ticks["tickvals"], ticks["ticktext"], strict=True):
+        assert float(text) == pytest.approx(value, rel=1e-2)  # "0.02", not a bare "2"
+        assert min(values) / 1.2 <= value <= max(values) * 1.2
+    assert plots.log_ticks([0.0, float("nan")]) == {}
+
+
+def test_the_training_curves_log_panels_use_full_tick_labels():
+    fig = plots.steps_figure([("run", record(0.01))], plots.TRAINING_PANELS)
+    log_axes = [fig.layout[name] for name in fig.layout if name.startswith("yaxis") and fig.layout[name].type == "log"]
+    assert log_axes and all(axis.ticktext and all(float(t) > 0 for t in axis.ticktext) for axis in log_axes)

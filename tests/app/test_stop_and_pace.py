@@ -1,0 +1,236 @@
+"""Stop, the worker thread behind every streaming view, and the duration estimate before Train.
+
+The Train handler is driven in-process (no server): Stop is a StopRequests request, the numbers of
+the last update are checked against the record it stored, and the estimate's arithmetic against
+the engine's own step count and evaluation schedule.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+
+import pytest
+
+from demo.app import controls as controls_view
+from demo.app import duration
+from demo.app.limits import Limits
+from demo.app.streaming import StopRequests, in_background
+from demo.app.views.training import Handlers
+from demo.budget import pace
+from demo.budget.memory import Estimator
+from demo.engine.config import RunConfig
+from demo.engine.record import RUNNING, STOPPED, Recorder, kept
+from demo.engine.train import Evaluation, train
+
+TRAIN_VALUES = dict(dataset="digits", arch="mlp", penalty=0.01, method="projection", num_projections=1,
+                    target="logits", batch_size=32, lr=0.001, seed=0, device="cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# in_background
+
+
+def test_in_background_yields_every_item_then_ticks_while_waiting():
+    def slow():
+        yield 1
+        time.sleep(0.35)
+        yield 2
+
+    items = list(in_background(slow(), threading.Event(), poll_s=0.05))
+    assert [i for i in items if i is not None] == [1, 2]
+    assert items.count(None) >= 3  # ticks while the worker slept: the handler could look for Stop
+
+
+def test_in_background_raises_the_streams_error_in_the_consumer():
+    def failing():
+        yield 1
+        raise ValueError("broken stream")
+
+    with pytest.raises(ValueError, match="broken stream"):
+        list(in_background(failing(), threading.Event(), poll_s=0.05))
+
+
+def test_a_set_stop_closes_the_stream_at_its_next_item():
+    closed = threading.Event()
+
+    def endless():
+        try:
+            n = 0
+            while True:
+                n += 1
+                yield n
+        finally:
+            closed.set()
+
+    stop = threading.Event()
+    stream = in_background(endless(), stop, poll_s=0.05)
+    assert next(stream) == 1
+    stop.set()
+    stream.close()
+    assert closed.wait(5), "the worker did not close the stream after Stop"
+
+
+# ---------------------------------------------------------------------------------------------
+# StopRequests
+
+
+def test_stop_reaches_the_running_run_of_its_session_only():
+    stops = StopRequests()
+    mine, other = stops.begin("a"), stops.begin("b")
+    assert stops.request("a") is True
+    assert mine.is_set() and not other.is_set()
+
+
+def test_a_stop_while_queued_stops_the_run_when_it_begins_and_only_that_run():
+    stops = StopRequests()
+    first = stops.begin("a")
+    stops.end("a", first)
+    stops.pressed("a")  # Train pressed; the run waits in the queue
+    assert stops.request("a") is False  # nothing runs yet: noted for the queued run
+    assert stops.begin("a").is_set()
+
+
+def test_a_stop_after_a_run_ended_does_not_stop_the_next_run():
+    stops = StopRequests()
+    stops.pressed("a")
+    run = stops.begin("a")
+    stops.end("a", run)
+    stops.request("a")  # late: the run had already ended
+    stops.pressed("a")
+    assert not stops.begin("a").is_set()
+
+
+# ---------------------------------------------------------------------------------------------
+# The Train handler: Stop gives one last update whose numbers are the plotted ones
+
+
+def handler(**limits) -> Handlers:
+    return Handlers(Limits(**limits), Estimator(), StopRequests())
+
+
+def train_values(**changes) -> list:
+    values = {**TRAIN_VALUES, "steps": 20_000, "robustness": False, "num_classes": 100, **changes}
+    return [values[name] for name in controls_view.CONFIG_FIELDS]
+
+
+def test_stop_ends_the_run_with_one_last_update_that_matches_the_curves():
+    handlers = handler()
+    updates = handlers.train(None, *train_values(), request=None)
+    evaluated = []
+    for _session, status, _curves, _ in updates:
+        if isinstance(status, str) and "(evaluated at step" in status:
+            evaluated.append(status)
+        if len(evaluated) >= 2:
+            break
+    handlers.stops.request("")  # the in-process request has no session id: ""
+    last = list(updates)  # ends by itself: the handler saw Stop
+    session, status, curves, _ = last[-1]
+    [run] = session["runs"]
+    record = run["record"]
+    assert record["status"] == STOPPED and "Stopped at step" in status
+    step = record["final"]["steps"]
+    assert 0 < step < 20_000 and f"Stopped at step {step} of 20000" in status
+    # The status line's numbers are the last evaluation's, the curves' last points.
+    last_eval = record["evaluations"][-1]
+    assert f"test accuracy {last_eval['test_accuracy']:.3f}" in status
+    test_trace = next(t for t in curves.data if t.name == "test")
+    assert test_trace.y[-1] == pytest.approx(last_eval["test_accuracy"])
+    assert list(curves.data[0].x)[-1] == record["history"][-1]["step"]
+
+
+def test_a_run_that_begins_stopped_keeps_a_stopped_record_with_no_steps():
+    handlers = handler()
+    handlers.stops.pressed("")
+    handlers.stops.request("")  # Stop while the run waited in the queue
+    *_, (session, status, _, _) = handlers.train(None, *train_values(), request=None)
+    [run] = session["runs"]
+    assert run["record"]["status"] == STOPPED and run["record"]["history"] == []
+    assert "Stopped at step 0 of 20000" in status
+
+
+def test_the_synthetic_class_count_reaches_the_run():
+    handlers = handler()
+    *_, (session, status, _, _) = handlers.train(
+        None, *train_values(dataset="synthetic", steps=5, num_classes=7), request=None)
+    record = session["runs"][-1]["record"]
+    assert "Finished 5 steps" in status
+    assert record["config"]["num_classes"] == 7 and record["dataset"]["num_classes"] == 7
+
+
+def test_a_running_record_is_stored_as_stopped_and_the_cli_keeps_it_so():
+    cfg = RunConfig(steps=3, report_every=1, robustness=False)
+    recorder = Recorder(cfg)
+    stream = train(cfg)
+    for event in stream:
+        recorder.add(event)
+        if isinstance(event, Evaluation) or len(recorder.record["history"]) == 2:
+            break
+    stream.close()
+    assert recorder.record["status"] == RUNNING
+    assert kept(recorder.record)["status"] == STOPPED
+    recorder.stop()
+    assert recorder.record["status"] == STOPPED
+
+
+# ---------------------------------------------------------------------------------------------
+# The duration estimate and the step count that fits a short run
+
+
+def test_nice_steps_are_round_and_within_bounds():
+    assert pace.nice_steps(1234.0) == 1200
+    assert pace.nice_steps(587.0) == 590
+    assert pace.nice_steps(3.0) == pace.MIN_STEPS
+    assert pace.nice_steps(1e9) == pace.MAX_STEPS
+
+
+def test_the_suggested_steps_fill_the_target_time():
+    measured = pace.Pace(step_s=0.02, evaluation_s=0.1, robustness_s=2.0)
+    steps = measured.suggested_steps(evaluations_per_run=9, target_s=15.0)
+    # (15 - 2 - 9 x 0.1) / 0.02 = 605 steps, rounded to two digits.
+    assert steps == 600
+    assert measured.seconds(steps, 9) == pytest.approx(600 * 0.02 + 0.9 + 2.0)
+
+
+def test_the_estimate_counts_the_evaluations_the_engine_runs():
+    cfg = controls_view.config_from({"dataset": "moons", "steps": 300, "robustness": False}, Limits())
+    events = list(train(cfg))
+    assert sum(isinstance(e, Evaluation) for e in events) == duration.evaluations(cfg)
+
+
+def test_the_probe_times_a_few_steps_of_the_chosen_run():
+    cfg = RunConfig(dataset="moons", robustness=True)
+    measured = pace.measure(cfg)
+    assert 0 < measured.step_s < 5 and 0 < measured.evaluation_s < 60 and 0 < measured.robustness_s < 600
+    assert pace.measure(cfg.replace(robustness=False)).robustness_s == 0.0
+
+
+def fit(steps, suggested, **changes):
+    values = {**TRAIN_VALUES, "steps": steps, "robustness": False, "num_classes": 100, **changes}
+    return duration.fit(*[values[name] for name in duration.TIMED_FIELDS], suggested,
+                        space=Limits(), paces=pace.Paces(), memory=Estimator())
+
+
+def test_another_architecture_gets_the_steps_that_fit_unless_the_visitor_chose_their_own():
+    steps, line, suggested = fit(1500, 1500, arch="lenet")  # Steps still holds the page's suggestion
+    assert isinstance(steps, int) and steps == suggested
+    assert re.search(rf"digits · lenet · {steps} steps: about [\d.]+ (s|min) here on the CPU", line)
+    kept_steps, line, unchanged = fit(777, 1500, arch="lenet")  # the visitor typed 777
+    assert not isinstance(kept_steps, int) and not isinstance(unchanged, int)  # gr.skip(): left alone
+    assert "lenet · 777 steps" in line
+
+
+def test_the_estimate_says_why_not_instead_of_failing():
+    values = {**TRAIN_VALUES, "steps": -3, "robustness": False, "num_classes": 100}
+    line = duration.estimate(*[values[name] for name in duration.TIMED_FIELDS], space=Limits(),
+                             paces=pace.Paces(), memory=Estimator())
+    assert "No estimate" in line and "steps" in line
+
+
+def test_the_estimate_warns_when_the_app_would_stop_the_run_first():
+    cfg = controls_view.config_from({"steps": 1000}, Limits(max_seconds=1.0))
+    text = duration.describe(cfg, pace.Pace(step_s=0.01, evaluation_s=0.0, robustness_s=0.0))
+    assert "stops a run after 1.0 s" in text
+    assert math.isclose(float(re.search(r"about ([\d.]+) s", text).group(1)), 10.0)
