@@ -34,7 +34,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from demo.app import limits
-from demo.engine import data
+from demo.budget.costs import step_cost
 from demo.engine.config import RunConfig
 
 __all__ = ["gpu_duration", "method_factor", "on_gpu"]
@@ -57,20 +57,8 @@ TAIL_S = 30.0  # after the training budget: final evaluation, robustness, start-
 
 
 def method_factor(cfg: RunConfig) -> float:
-    """Cost of one training step relative to a plain cross-entropy step.
-
-    Each projection (or jvp probe) adds a backward with create_graph, and the final backward
-    goes through it again: about 2 passes each. exact takes all C rows: about 2 passes per row
-    (vectorised, so usually less on a GPU). fd adds one forward per direction and backpropagates
-    through it. lambda = 0 trains plainly.
-    """
-    if cfg.penalty == 0:
-        return 1.0
-    if cfg.method == "exact":
-        return 1.0 + 2.0 * _num_classes(cfg)
-    if cfg.method == "fd":
-        return 1.0 + cfg.num_projections
-    return 1.0 + 2.0 * cfg.num_projections  # projection, jvp
+    """Cost of one training step relative to a plain cross-entropy step (demo.budget.costs)."""
+    return step_cost(cfg).time_factor
 
 
 def gpu_duration(cfg: RunConfig, space: limits.Limits | None = None) -> int:
@@ -111,10 +99,3 @@ def _config_among(args: tuple, kwargs: dict) -> RunConfig:
         if isinstance(value, RunConfig):
             return value
     raise TypeError("on_gpu wraps functions that take a RunConfig argument.")
-
-
-def _num_classes(cfg: RunConfig) -> int:
-    """C without loading the data: 2 for the 2-D point sets, cfg.num_classes for synthetic, else 10."""
-    if data.input_shape(cfg.dataset) == (2,):
-        return 2
-    return cfg.num_classes if cfg.dataset == "synthetic" else 10

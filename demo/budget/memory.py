@@ -34,6 +34,7 @@ from torch import nn
 
 import models
 from demo.budget import timing as bench
+from demo.budget.costs import step_cost
 from demo.engine.config import ConfigError, RunConfig
 from demo.engine.data import input_shape as dataset_shape
 from jacobian_penalty import jacobian_penalty
@@ -72,7 +73,7 @@ class Probe:
 @dataclass(frozen=True)
 class Estimate:
     peak_mb: float
-    graphs: int  # VJP/JVP graphs held at once in a step
+    graphs: float  # VJP/JVP graphs held at once in a step, in units of one projection's
     what: str  # which part dominates, in words
 
 
@@ -105,25 +106,10 @@ def available_mb() -> float:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / MB
 
 
-def graphs_held(cfg: RunConfig, shape: tuple[int, ...], num_classes: int) -> int:
-    """How many VJP/JVP graphs one training step keeps for its backward pass."""
-    if cfg.penalty == 0 or cfg.regularizer in ("spectral", "weight_decay"):
-        return 0
-    if cfg.regularizer == "input_gradient":
-        return 1  # one double-backward graph, like one projection
-    if cfg.regularizer == "adversarial":
-        return 0  # the PGD examples are made without a parameter graph; the step itself is plain
-    if cfg.method == "exact":
-        inputs = 1
-        for d in shape:
-            inputs *= d
-        outputs = num_classes if cfg.target == "logits" else _feature_width(cfg, shape, num_classes)
-        return min(outputs, inputs)
-    if cfg.method == "jvp":
-        # Forward mode keeps the tangent pass's activations beside the primal's, then backpropagates
-        # through both: resnet's jvp step measured 2x a projection's, as three of its graphs.
-        return 3 * cfg.num_projections
-    return cfg.num_projections
+def graphs_held(cfg: RunConfig, shape: tuple[int, ...], num_classes: int) -> float:
+    """How many VJP/JVP graphs one training step keeps for its backward pass (demo.budget.costs)."""
+    del shape  # the cost model reads the dataset's shape itself
+    return step_cost(cfg, num_classes).graphs
 
 
 def estimate(cfg: RunConfig, probe: Probe, num_classes: int) -> Estimate:
@@ -133,7 +119,7 @@ def estimate(cfg: RunConfig, probe: Probe, num_classes: int) -> Estimate:
     per_graph = max(0.0, probe.two_graphs.at(batch) - probe.one_graph.at(batch))
     train = probe.plain.at(batch) if k == 0 else probe.one_graph.at(batch) + (k - 1) * per_graph
     attacks = probe.plain.at(ROBUSTNESS_SAMPLES) if cfg.robustness else 0.0
-    what = (f"{k} Jacobian graph(s) of a batch of {cfg.batch_size}" if train >= attacks
+    what = (f"{k:g} Jacobian graph(s) of a batch of {cfg.batch_size}" if train >= attacks
             else f"the attacks on {ROBUSTNESS_SAMPLES} test points")
     return Estimate(probe.state_mb + SAFETY * max(train, attacks), k, what)
 
@@ -237,13 +223,6 @@ def _fit(peaks: list[float]) -> Fit:
 
 def _parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def _feature_width(cfg: RunConfig, shape: tuple[int, ...], num_classes: int) -> int:
-    options = {"width": cfg.width, "depth": cfg.depth} if cfg.arch == "mlp" else {}
-    with torch.random.fork_rng(devices=[]):
-        model = models.build(cfg.arch, shape, num_classes, **options)
-    return model.head.in_features
 
 
 def _size(mb: float) -> str:
