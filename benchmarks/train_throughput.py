@@ -3,7 +3,7 @@
 The same short run is consumed by
   - bare:   a loop that takes every event and does nothing with it (the engine alone);
   - cli:    demo.cli.main.main(["train", ..., "--quiet"]) in this process (Recorder, summary);
-  - ui:     the Gradio train handler (demo.app.views.training.Handlers.train), iterated directly without a
+  - ui:     the Gradio train handler (demo.app.views.training.Handlers.train through controls.config_handler), iterated directly without a
             server: Recorder, session updates, status line, figures at most every
             HEAVY_INTERVAL_S seconds and gr.skip() in between;
   - ui+json: the same, plus what Gradio's server does to each heavy update before sending it
@@ -70,8 +70,8 @@ def cli(cfg: RunConfig) -> None:
 def _timed(stream: Callable[[RunConfig], Iterator[Any]], clock: Callable[[], float], spent: list[float]):
     """stream, adding to spent[0] the time spent producing its items (training, the Recorder)."""
 
-    def timed(cfg: RunConfig) -> Iterator[Any]:
-        items = stream(cfg)
+    def timed(cfg: RunConfig, *args: Any) -> Iterator[Any]:
+        items = stream(cfg, *args)
         while True:
             start = clock()
             item = next(items, _END)
@@ -89,11 +89,12 @@ def ui_handler(clock: Callable[[], float]) -> tuple[Callable[..., Any] | None, s
     try:
         from demo.app.limits import Limits
         from demo.app.streaming import StopRequests
+        from demo.app import controls, running
         from demo.app.views import training
         from demo.budget.memory import Estimator
     except ImportError as exc:  # the UI is optional: gradio missing, or not written yet
         return None, f"the UI's train handler cannot be imported ({exc})"
-    handler = training.Handlers(Limits(), Estimator(), StopRequests()).train
+    handler = controls.config_handler(training.Handlers(Limits(), Estimator(), StopRequests()).train)
 
     def run(cfg: RunConfig, serialise: bool) -> float:
         params = inspect.signature(handler).parameters
@@ -101,7 +102,7 @@ def ui_handler(clock: Callable[[], float]) -> tuple[Callable[..., Any] | None, s
         spent = [0.0]
         start = clock()
         # The handler's own work is what it does between the training stream's items.
-        with mock.patch.object(training, "run_stream", _timed(training.run_stream, clock, spent)):
+        with mock.patch.object(running, "run_stream", _timed(running.run_stream, clock, spent)):
             for update in handler(None, **values):
                 if serialise:
                     for value in update:

@@ -1,13 +1,19 @@
-"""The run's controls (the left column) and the one adapter from their values to a RunConfig.
+"""The run's controls (the left column), the one adapter from their values to a RunConfig, and
+the handler signatures built from them.
 
-Every control is named after the RunConfig field it sets, so `config_from` is
-RunConfig.from_mapping plus two choices the app makes for the visitor (how often to report and
-evaluate) and the Space's limits.
+Every control is named after the RunConfig field it sets (CONFIG_FIELDS). `config_from` is the
+only validation of a request: the visitor's values, plus what the app chooses for them (how often
+to report and evaluate, the time budget from the Space's limits), become one RunConfig in one
+construction, and the Space's step limit is checked in the same call. `config_handler` gives a
+handler the parameters /train and /sweep show (one per CONFIG_FIELDS entry, RunConfig's defaults),
+so adding a control is adding its field here and its component in `layout`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,10 +23,10 @@ import torch
 import models
 from demo.app import limits
 from demo.engine import data
-from demo.engine.config import DEVICES, MAX_CLASSES, TARGETS, ConfigError, RunConfig
+from demo.engine.config import DEVICES, MAX_CLASSES, TARGETS, RunConfig
 from jacobian_penalty import METHODS
 
-__all__ = ["CONFIG_FIELDS", "Controls", "POINT_SETS", "config_from", "layout", "method_hint", "wire"]
+__all__ = ["CONFIG_FIELDS", "Controls", "POINT_SETS", "config_from", "config_handler", "layout", "method_hint", "wire"]
 
 # The order of /train's parameters: the RunConfig fields a visitor sets.
 CONFIG_FIELDS = (
@@ -64,13 +70,69 @@ class Controls:
 
 
 def config_from(values: Mapping[str, Any], space: limits.Limits) -> RunConfig:
-    """UI values -> the RunConfig that runs here. Raises ConfigError in plain words."""
-    cfg = RunConfig.from_mapping(values)
-    report_every = min(MAX_REPORT_EVERY, max(1, cfg.steps // REPORTS_PER_RUN))
-    evaluations = EVALUATIONS_POINTS if cfg.dataset in POINT_SETS else EVALUATIONS_IMAGES
-    eval_every = min(MAX_EVAL_EVERY, max(report_every, cfg.steps // evaluations))
-    cfg = cfg.replace(report_every=report_every, eval_every=eval_every)
-    return limits.apply(cfg, space)
+    """UI values -> the RunConfig that runs here, validated once. Raises ConfigError in plain words."""
+    chosen = dict(values)
+    steps, dataset = chosen.get("steps", RunConfig.steps), chosen.get("dataset", RunConfig.dataset)
+    whole = _whole(steps)
+    if whole is not None and whole >= 1:  # else RunConfig says what is wrong with the steps
+        report_every = min(MAX_REPORT_EVERY, max(1, whole // REPORTS_PER_RUN))
+        evaluations = EVALUATIONS_POINTS if dataset in POINT_SETS else EVALUATIONS_IMAGES
+        eval_every = min(MAX_EVAL_EVERY, max(report_every, whole // evaluations))
+        chosen.update(report_every=report_every, eval_every=eval_every)
+    chosen["time_budget"] = limits.time_budget(chosen.get("time_budget", 0.0), space)
+    cfg = RunConfig.from_mapping(chosen)
+    limits.check(cfg, space)
+    return cfg
+
+
+def _whole(value: Any) -> int | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return int(number) if number.is_integer() else None
+
+
+def config_handler(fn: Callable, *, before: tuple[str, ...] = ("session",), after: tuple[inspect.Parameter, ...] = ()):
+    """A gradio handler with the parameters `before`, then one per CONFIG_FIELDS entry (RunConfig's
+    defaults), then `after`, then `request: gr.Request`. It calls
+    `fn(*before_values, values, *after_values, request=request)` with `values` the CONFIG_FIELDS as
+    a dict. Gradio reads names, defaults and the request parameter from the signature, so /train's
+    and /sweep's API follow CONFIG_FIELDS without a hand-written copy."""
+    defaults = RunConfig()
+    lead = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in before]
+    fields = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=getattr(defaults, name),
+                                annotation=_FIELD_TYPES[name]) for name in CONFIG_FIELDS]
+    request = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+                                annotation=gr.Request)
+    signature = inspect.Signature([*lead, *fields, *after, request])
+    n_lead, n_fields = len(lead), len(fields)
+
+    def split(args, kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = list(bound.arguments.values())
+        return (values[:n_lead], dict(zip(CONFIG_FIELDS, values[n_lead:n_lead + n_fields], strict=True)),
+                values[n_lead + n_fields:-1], bound.arguments["request"])
+
+    if inspect.isgeneratorfunction(fn):
+        def handler(*args, **kwargs):
+            first, values, rest, req = split(args, kwargs)
+            yield from fn(*first, values, *rest, request=req)
+    else:
+        def handler(*args, **kwargs):
+            first, values, rest, req = split(args, kwargs)
+            return fn(*first, values, *rest, request=req)
+    handler.__signature__ = signature
+    handler.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()
+                               if p.annotation is not inspect.Parameter.empty}
+    handler.__name__ = handler.__qualname__ = getattr(fn, "__name__", "handler")
+    handler.__doc__ = fn.__doc__
+    return handler
+
+
+_FIELD_TYPES = {f.name: {"str": str, "int": int, "float": float, "bool": bool}[f.type]
+                for f in dataclasses.fields(RunConfig)}
 
 
 def method_hint(method: str) -> str:
@@ -94,14 +156,6 @@ def warn_if_incompatible(dataset: str, arch: str) -> None:
         reason = models.incompatibility(arch, data.input_shape(dataset), dataset=dataset)
         if reason:
             gr.Warning(reason, duration=6)
-
-
-def check(values: Mapping[str, Any], space: limits.Limits) -> RunConfig:
-    """config_from, with a refusal shown to the visitor as one plain sentence (no traceback)."""
-    try:
-        return config_from(values, space)
-    except ConfigError as exc:
-        raise gr.Error(str(exc), print_exception=False) from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,11 +9,15 @@ server's log; these checks answer all of them with one sentence (gr.Error, no tr
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import gradio as gr
 
-from demo.engine.config import shown
+from demo.app.session import RunNotFound
+from demo.engine.config import ConfigError, shown
+from demo.engine.data import DatasetUnavailable
 
 # Runs one request may name: a session keeps at most JP_MAX_RUNS (20 by default), and a longer
 # list only makes the server look up the same few runs thousands of times.
@@ -22,7 +26,19 @@ MAX_ID_LENGTH = 40  # characters of a run id as text; longer is not a run's name
 
 
 def refuse(message: str) -> gr.Error:
+    """The app's one way to say no: a toast with `message`, no traceback in the server's log."""
     return gr.Error(message, print_exception=False)
+
+
+@contextmanager
+def plain_errors(prefix: str = "") -> Iterator[None]:
+    """Errors meant for the visitor (a bad setting, a dataset that cannot be had, a run that does
+    not fit, a run that is not in the session) become `refuse(prefix + message)`; anything else is
+    a fault and propagates."""
+    try:
+        yield
+    except (ConfigError, DatasetUnavailable, RunNotFound) as exc:
+        raise refuse(f"{prefix}{exc}") from None
 
 
 def run_id(value: Any, label: str = "Run") -> str:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from demo.engine.config import MAX_STEPS, ConfigError, RunConfig
 
-__all__ = ["Limits", "apply"]
+__all__ = ["Limits", "check", "time_budget"]
 
 PREFIX = "JP_"
 
@@ -70,13 +70,20 @@ class Limits:
         return dataclasses.replace(limits, max_steps=min(limits.max_steps, MAX_STEPS))
 
 
-def apply(cfg: RunConfig, limits: Limits) -> RunConfig:
-    """cfg as it may run under `limits`: the time budget clamped to max_seconds (0, "no limit",
-    becomes max_seconds); too many steps raise ConfigError in plain words."""
+def time_budget(asked: float | int | str | None, limits: Limits) -> float:
+    """The time budget a run gets here: what was asked, clamped to max_seconds (0 or nothing, "no
+    limit", becomes max_seconds). A value that is not a number is passed on for RunConfig to explain."""
+    try:
+        seconds = float(asked or 0.0)
+    except (TypeError, ValueError, OverflowError):
+        return asked  # type: ignore[return-value]
+    return float(limits.max_seconds if seconds <= 0 else min(seconds, limits.max_seconds))
+
+
+def check(cfg: RunConfig, limits: Limits) -> None:
+    """Raise ConfigError in plain words when `cfg` asks for more than this app allows."""
     if cfg.steps > limits.max_steps:
         raise ConfigError(
             f"{cfg.steps} steps is more than this app allows ({limits.max_steps} per run). "
             "Ask for fewer steps, or run it on your own machine (python -m demo train)."
         )
-    budget = limits.max_seconds if cfg.time_budget <= 0 else min(cfg.time_budget, limits.max_seconds)
-    return cfg.replace(time_budget=float(budget))

@@ -79,7 +79,7 @@ TRAINING_PANELS = (
     Panel(
         "Loss terms",
         "loss",
-        (Series("history", "ce_loss", "cross-entropy"), Series("history", "weighted_penalty", "λ × penalty")),
+        (Series("history", "ce_loss", "cross-entropy"), Series("history", "weighted_term", "λ × penalty")),
         log_y=True,
     ),
     Panel(

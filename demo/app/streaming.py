@@ -21,6 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,10 +70,11 @@ class _Failure:
     error: BaseException
 
 
-def in_background(stream: Iterator[Any], stop: threading.Event, poll_s: float = POLL_S) -> Iterator[Any]:
+def in_background(stream: Iterator[Any], stop: threading.Event, poll_s: float = POLL_S,
+                  join_s: float = JOIN_S) -> Iterator[Any]:
     """Iterate `stream` in a worker thread: yields its items, and None after every `poll_s` without
     one. Setting `stop` (or closing this generator) makes the worker close `stream` at its next
-    item. An exception in `stream` is raised here. Closing waits up to JOIN_S for the worker, and
+    item. An exception in `stream` is raised here. Closing waits up to `join_s` for the worker, and
     not at all in the server's event loop (where gradio closes a cancelled generator)."""
     items: queue.Queue = queue.Queue()
 
@@ -109,7 +111,7 @@ def in_background(stream: Iterator[Any], stop: threading.Event, poll_s: float = 
         # A close from the event loop (gradio closing a cancelled generator) must not block every
         # session: the worker then ends by itself at its next event.
         if worker.is_alive() and not _in_event_loop():
-            worker.join(JOIN_S)
+            worker.join(join_s)
 
 
 def _in_event_loop() -> bool:
@@ -124,7 +126,8 @@ def _in_event_loop() -> bool:
 class StopRequests:
     """Stop, per browser session: one per app (it describes running handlers, not data).
 
-    `begin(session)` when a Train handler starts returns the Event that `request(session)` sets.
+    `begin(session)` when a Train or Sweep handler starts returns the Event that `request(session)`
+    sets; `running(session)` does the same as a context manager, ending it however the handler ends.
     A Stop pressed while that session's run still waited in the queue counts too: `pressed(session)`
     notes when Train was pressed, and a run begins stopped if its session's previous run ended, then
     Train was pressed, then Stop."""
@@ -157,6 +160,14 @@ class StopRequests:
                 event.set()
             self._running[session] = event
         return event
+
+    @contextmanager
+    def running(self, session: str) -> Iterator[threading.Event]:
+        event = self.begin(session)
+        try:
+            yield event
+        finally:
+            self.end(session, event)
 
     def end(self, session: str, event: threading.Event) -> None:
         with self._lock:

@@ -9,7 +9,8 @@ train or measure share the concurrency_id "accelerator" (JP_CONCURRENCY at a tim
 holds JP_QUEUE_SIZE events (demo.app.limits).
 
 Endpoints (api_name): train, runs, compare, download, jacobian, robustness, perturbed, thorough, sweep, thread,
-cost. Stop is a cancel (a headless client calls job.cancel()).
+cost. Stop (Train's and Sweep's) is a request the running handler answers with one last update; a
+headless client can also call job.cancel().
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import signal
 import threading
 from functools import partial
+from typing import Any
 
 import gradio as gr
 import torch
@@ -118,12 +120,13 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
         # One memory estimator per app: its probes describe models, and are shared by the sessions.
         estimator = memory.Estimator()
         # One registry of Stop requests per app: it describes running handlers, keyed by session.
-        train_event = training_view.wire(training, controls, session, space, estimator, StopRequests())
+        stops = StopRequests()  # one per app: Train's and Sweep's Stop
+        train_event = training_view.wire(training, controls, session, space, estimator, stops)
         jacobian_view.wire(jacobian, session)
         robustness_view.wire(robustness, session, space)
         runs_view.wire(runs, session)
         duration_view.wire(controls, space, pace.Paces(), estimator, demo.load)
-        sweep_event = sweep_view.wire(sweep, controls, session, space, estimator)
+        sweep_event = sweep_view.wire(sweep, controls, session, space, estimator, stops)
         thread_view.wire(thread, controls, space, estimator)
         cost_view.wire(cost, controls, space, estimator)
 
@@ -153,9 +156,11 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
     return demo
 
 
-def launch(demo: gr.Blocks, **options) -> None:
+def launch(demo: gr.Blocks, **options) -> tuple[Any, str, str | None] | None:
     """Serve on 127.0.0.1:7860 unless GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (or options) say
-    otherwise; never a public share link. Theme and CSS are launch() arguments in Gradio 6.
+    otherwise (gradio takes the next free port when 7860 is taken); never a public share link.
+    With prevent_thread_lock=True it returns at once with gradio's (app, local_url, share_url), as
+    tests launch it; otherwise it serves until interrupted. Theme and CSS are launch() arguments in Gradio 6.
     Sets torch's intra-op threads for this server process (JP_TORCH_THREADS, see demo.app.limits).
     The app takes no uploads, so gradio's upload route is held to MAX_UPLOAD; gradio keeps a
     record (~0.2 MB) of every session it has seen, at most JP_MAX_SESSIONS of them."""
@@ -172,8 +177,7 @@ def launch(demo: gr.Blocks, **options) -> None:
     }
     server.remove_stale_folders()
     if options.get("prevent_thread_lock"):
-        demo.launch(share=False, theme=gr.themes.Soft(), css=page.CSS, js=page.SCRIPT, **options)
-        return
+        return demo.launch(share=False, theme=gr.themes.Soft(), css=page.CSS, js=page.SCRIPT, **options)
     # Blocking: serve until interrupted (Ctrl-C, or SIGTERM turned into the same), then remove
     # this server's session folders.
     if threading.current_thread() is threading.main_thread():
@@ -182,6 +186,7 @@ def launch(demo: gr.Blocks, **options) -> None:
         demo.launch(share=False, theme=gr.themes.Soft(), css=page.CSS, js=page.SCRIPT, **options)
     finally:
         server.remove_own_folders()
+    return None
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -29,6 +29,7 @@ evaluation and the robustness measurement.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -37,7 +38,7 @@ from demo.app import limits
 from demo.budget.costs import step_cost
 from demo.engine.config import RunConfig
 
-__all__ = ["gpu_duration", "method_factor", "on_gpu"]
+__all__ = ["gpu_duration", "method_factor", "on_gpu", "on_zero_gpu"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -75,7 +76,7 @@ def gpu_duration(cfg: RunConfig, space: limits.Limits | None = None) -> int:
         + (ROBUSTNESS_STEPS * plain_s if cfg.robustness else 0.0)
     )
     estimate = WORKER_START_S + SAFETY * work_s
-    budget = space.max_seconds if cfg.time_budget <= 0 else min(cfg.time_budget, space.max_seconds)
+    budget = limits.time_budget(cfg.time_budget, space)
     return math.ceil(min(max(estimate, MIN_DURATION_S), budget + TAIL_S))
 
 
@@ -99,3 +100,8 @@ def _config_among(args: tuple, kwargs: dict) -> RunConfig:
         if isinstance(value, RunConfig):
             return value
     raise TypeError("on_gpu wraps functions that take a RunConfig argument.")
+
+
+def on_zero_gpu() -> bool:
+    """Whether this process serves a ZeroGPU Space, where `on_gpu` functions run in another process."""
+    return os.environ.get("SPACES_ZERO_GPU", "").strip().lower() in ("1", "true")

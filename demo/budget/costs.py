@@ -36,9 +36,8 @@ def target_width(cfg: RunConfig, num_classes: int | None = None) -> int:
     classes = data.class_count(cfg.dataset, cfg.num_classes) if num_classes is None else num_classes
     if cfg.target == "logits":
         return classes
-    options = {"width": cfg.width, "depth": cfg.depth} if cfg.arch == "mlp" else {}
     with torch.random.fork_rng(devices=[]):  # building the model must not move the caller's stream
-        model = models.build(cfg.arch, data.input_shape(cfg.dataset), classes, **options)
+        model = models.build(cfg.arch, data.input_shape(cfg.dataset), classes, **cfg.model_options())
     return model.head.in_features
 
 

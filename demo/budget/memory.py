@@ -37,6 +37,7 @@ from demo.budget import timing as bench
 from demo.budget.costs import step_cost
 from demo.engine.config import ConfigError, RunConfig
 from demo.engine.data import input_shape as dataset_shape
+from demo.engine.train import ROBUSTNESS_SAMPLES
 from jacobian_penalty import jacobian_penalty
 
 DEFAULT_FRACTION = 0.6  # of the available memory: the server, the page and other runs need the rest
@@ -47,7 +48,6 @@ PROBE_BATCHES = (32, 128)
 # Copies of the parameters a run holds: the weights, their gradients, Adam's two moments, and
 # about two more of temporaries in Adam's step and the CPU copies of evaluations.
 STATE_COPIES = 6
-ROBUSTNESS_SAMPLES = 500  # as demo.engine.train: the attacks run on this many test points
 MB = 2**20
 
 

@@ -91,7 +91,7 @@ class _Reporter:
             print(f"training {event.config.arch} on {event.dataset['name']} ({event.device}), "
                   f"{event.num_parameters:,} parameters", file=sys.stderr)
         elif isinstance(event, Progress):
-            line = (f"ce {event.ce_loss:.4f}  lambda*pen {event.weighted_penalty:.4f}  "
+            line = (f"ce {event.ce_loss:.4f}  lambda*pen {event.weighted_term:.4f}  "
                     f"acc {event.train_accuracy:.3f}  |J|~{event.jacobian_norm_estimate:.3f}  "
                     f"{event.samples_per_s:,.0f} samples/s")
             if self.bar is not None:
@@ -202,7 +202,9 @@ def _sweep(args: argparse.Namespace) -> int:
     and after each run, so an interrupted sweep keeps the runs it finished."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
     try:
-        configs = sweeps.configs(RunConfig.from_mapping(values), args.penalties, args.regularizers)
+        # Several regularisers: one baseline (strength 0) and spectral normalisation on once.
+        configs = sweeps.configs(RunConfig.from_mapping(values), args.penalties, args.regularizers,
+                                 distinct=len(args.regularizers or []) > 1)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

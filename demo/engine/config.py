@@ -115,6 +115,10 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def model_options(self) -> dict[str, int]:
+        """The architecture's own settings for models.build: the MLP's width and depth."""
+        return {"width": self.width, "depth": self.depth} if self.arch == "mlp" else {}
+
 
 def _coerce(name: str, type_name: str, value: Any) -> Any:
     if value is None:

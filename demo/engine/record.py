@@ -9,7 +9,7 @@ makes it "stopped"; the `Finished` event sets the engine's outcome: "completed",
 
 Schema (also the CLI's `--json`):
     config, device, status, message, dataset, num_parameters,
-    history: [{step, epoch, ce_loss, penalty, weighted_penalty, train_accuracy,
+    history: [{step, epoch, ce_loss, term, weighted_term, train_accuracy,
                jacobian_norm_estimate, samples_per_s, elapsed}],
     evaluations: [{step, test_accuracy, jacobian_norm, elapsed}],
     final: {steps, test_accuracy, jacobian_norm, train_accuracy, elapsed, samples_per_s},
@@ -27,7 +27,8 @@ from typing import Any
 
 from torch import Tensor
 
-from demo.engine.train import Evaluation, Finished, Progress, Robustness, RunConfig, Started, final_metrics
+from demo.engine.config import RunConfig
+from demo.engine.train import Evaluation, Finished, Progress, Robustness, Started, final_metrics
 
 RUNNING, STOPPED, COMPLETED = "running", "stopped", "completed"
 FAILED = ("diverged", "out_of_memory")  # outcomes whose numbers are not a trained model's
@@ -107,6 +108,11 @@ def _partial_final(record: dict[str, Any]) -> dict[str, float]:
 def to_json(record: dict[str, Any], **kwargs) -> str:
     """Strict JSON: NaN and infinities (a diverged or unevaluated run) become null."""
     return json.dumps(_finite(record), allow_nan=False, **kwargs)
+
+
+def finite(value: Any) -> bool:
+    """A record's number that can be shown: an int or float that is neither NaN nor infinite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _finite(value):

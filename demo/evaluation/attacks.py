@@ -24,6 +24,7 @@ ball stays an L-inf ball (its radius divided by the scale).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -141,30 +142,36 @@ def _list(epsilons: list[float]) -> str:
 
 
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, *, value_range: ValueRange, epsilons: tuple[float, ...],
-             kind: str, seed: int = 0, thorough: bool = False, pgd_steps: int = 10) -> dict[str, list[dict]]:
+             kind: str, seed: int = 0, thorough: bool = False, pgd_steps: int = 10,
+             should_stop: Callable[[], bool] | None = None) -> dict[str, list[dict]]:
     """{"square": [{epsilon, accuracy}], "unbounded": [...], and "apgd" when thorough}.
 
     Square runs on the first SQUARE_SAMPLES points with SQUARE_QUERIES queries (thorough: more of
     both); "unbounded" is PGD at an epsilon that reaches any input, where accuracy must fall to
-    chance unless gradients mislead the attack.
+    chance unless gradients mislead the attack. `should_stop` is asked before each attack level
+    (robustness.checkpoint raises Stopped).
     """
-    from demo.evaluation.robustness import accuracy, pgd  # one module's attacks, the other's accuracy
+    from demo.evaluation.robustness import accuracy, checkpoint, pgd  # one module's attacks, the other's accuracy
+
+    def level(attack: Callable[[float], Tensor], e: float, labels: Tensor) -> dict[str, float]:
+        checkpoint(should_stop)
+        return {"epsilon": float(e), "accuracy": accuracy(model, attack(e), labels)}
 
     samples, queries = (THOROUGH_SQUARE_SAMPLES, THOROUGH_SQUARE_QUERIES) if thorough else (SQUARE_SAMPLES,
                                                                                           SQUARE_QUERIES)
     xs, ys = x[:samples], y[:samples]
     margin = max(epsilons, default=0.0)
     results = {"square": [
-        {"epsilon": float(e), "accuracy": accuracy(model, square(model, xs, ys, e, value_range=value_range,
-                                                                   queries=queries, seed=seed, margin=margin), ys)}
+        level(lambda e: square(model, xs, ys, e, value_range=value_range, queries=queries, seed=seed, margin=margin),
+              e, ys)
         for e in epsilons
     ]}
     if thorough:
         results["apgd"] = [
-            {"epsilon": float(e), "accuracy": accuracy(model, apgd(model, x, y, e, value_range=value_range,
-                                                                     seed=seed, margin=margin), y)}
+            level(lambda e: apgd(model, x, y, e, value_range=value_range, seed=seed, margin=margin), e, y)
             for e in epsilons
         ]
+    checkpoint(should_stop)
     large = UNBOUNDED_EPSILON[kind]
     generator = torch.Generator(device=x.device).manual_seed(seed)
     reached = pgd(model, x, y, large, steps=pgd_steps, value_range=value_range, generator=generator)

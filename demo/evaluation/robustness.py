@@ -34,7 +34,7 @@ sensitivity to small perturbations but guarantees no robustness).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import MappingProxyType
 
@@ -44,6 +44,8 @@ from torch import Tensor, nn
 
 __all__ = [
     "ATTACKS",
+    "Stopped",
+    "checkpoint",
     "STRENGTH_NAMES",
     "accuracy",
     "default_grid",
@@ -73,6 +75,19 @@ _GRIDS = MappingProxyType(
 
 # Default PGD step as a multiple of epsilon / steps: 2.5 lets the iterates cross the ball.
 PGD_STEP_FACTOR = 2.5
+
+StopCheck = Callable[[], bool] | None
+
+
+class Stopped(Exception):
+    """An evaluation was abandoned between two of its pieces because its `should_stop()` said so."""
+
+
+def checkpoint(should_stop: StopCheck) -> None:
+    """Raise Stopped when asked to: evaluations call it between attack levels and batches, so that
+    a Stop ends the work within one piece (seconds at most), not after the whole grid."""
+    if should_stop is not None and should_stop():
+        raise Stopped
 
 
 def default_grid(kind: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -175,6 +190,7 @@ def evaluate(
     pgd_steps: int = 10,
     seed: int = 0,
     batch_size: int = 512,
+    should_stop: StopCheck = None,
 ) -> dict[str, list[dict[str, float]]]:
     """Accuracy under Gaussian noise at each sigma and under FGSM and PGD at each epsilon.
 
@@ -209,6 +225,7 @@ def evaluate(
                     if strength == 0:
                         counts[kind][i] += clean
                         continue
+                    checkpoint(should_stop)  # raises Stopped: a level takes at most seconds
                     x_perturbed = _perturb(
                         model, xb, yb, kind, strength, value_range, generators[kind][i], pgd_steps
                     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import socket
+import re
 import time
 
 from gradio_client import Client
@@ -12,22 +12,28 @@ from demo.app.limits import Limits
 from demo.app.ui import build_demo, launch
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+LOCAL_URL = re.compile(r"Running on local URL:\s+(http://127\.0\.0\.1:\d+/?)")
 
 
 @contextlib.contextmanager
 def served(space: Limits | None = None):
-    """The app launched through demo.app.ui.launch on a free loopback port; closed on exit."""
+    """The app launched through demo.app.ui.launch on loopback, gradio's way: prevent_thread_lock
+    and the URL launch() returns (gradio finds the port itself, so no free-port race); closed on exit."""
     demo = build_demo(space)
-    port = free_port()
-    launch(demo, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    _, url, _ = launch(demo, server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
     try:
-        yield demo, f"http://127.0.0.1:{port}/"
+        yield demo, url if url.endswith("/") else url + "/"
     finally:
         demo.close()
+
+
+def url_from_log(text: str) -> str | None:
+    """The local URL a `python app.py` child printed (gradio picks the port: 7860 or the next free one)."""
+    found = LOCAL_URL.search(text)
+    if found is None:
+        return None
+    url = found.group(1)
+    return url if url.endswith("/") else url + "/"
 
 
 def runs(client: Client) -> list[dict]:

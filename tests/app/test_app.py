@@ -21,7 +21,8 @@ from gradio_client.exceptions import AppError
 from safetensors.torch import load_file
 
 from demo.app import session as sessions
-from demo.app.limits import Limits, apply
+from demo.app.controls import config_from
+from demo.app.limits import Limits
 from demo.app.streaming import HEAVY, SKIP, Throttle
 from demo.engine import data
 from demo.engine.config import ConfigError, RunConfig
@@ -68,6 +69,21 @@ def test_every_endpoint_is_named_and_train_has_defaults(client):
     ]
     assert all(p["parameter_has_default"] for p in params)
     assert {p["parameter_name"]: p["parameter_default"] for p in params}["dataset"] == "digits"
+
+
+def test_the_handlers_signatures_follow_config_fields(client):
+    """/train and /sweep take their parameters from CONFIG_FIELDS (config_handler), with RunConfig's
+    defaults: adding a field there adds it to both endpoints."""
+    from demo.app.controls import CONFIG_FIELDS
+    from demo.engine.config import RunConfig
+
+    named = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    train = named["/train"]["parameters"]
+    assert [p["parameter_name"] for p in train] == list(CONFIG_FIELDS)
+    assert {p["parameter_name"]: p["parameter_default"] for p in train} == {
+        name: getattr(RunConfig(), name) for name in CONFIG_FIELDS}
+    sweep = [p["parameter_name"] for p in named["/sweep"]["parameters"]]
+    assert sweep == [*CONFIG_FIELDS, "strengths", "regularizers", "epsilon"]
 
 
 def test_train_without_arguments_streams_and_ends_with_figures(client):
@@ -217,10 +233,11 @@ def test_limits_come_from_the_environment_and_bound_each_run():
     assert Limits.from_env({}) == Limits()
     with pytest.raises(ValueError, match="JP_QUEUE_SIZE"):
         Limits.from_env({"JP_QUEUE_SIZE": "many"})
-    assert apply(RunConfig(steps=500), space).time_budget == 10.0  # no budget: the Space's
-    assert apply(RunConfig(steps=500, time_budget=3.0), space).time_budget == 3.0
+    assert config_from({"steps": 500}, space).time_budget == 10.0  # no budget: the Space's
+    assert config_from({"steps": 500, "time_budget": 3.0}, space).time_budget == 3.0
+    assert config_from({"steps": 500, "time_budget": 30.0}, space).time_budget == 10.0
     with pytest.raises(ConfigError, match="500 per run"):
-        apply(RunConfig(steps=501), space)
+        config_from({"steps": 501}, space)
 
 
 def test_session_files_live_in_a_temp_folder_the_app_made_and_go_with_the_session(tmp_path):
@@ -268,14 +285,15 @@ def test_sweep_streams_one_run_per_strength_and_keeps_them_in_the_session(client
     job = client.submit(dataset="moons", steps=80, strengths="0, 0.1", regularizers=["jacobian", "weight_decay"],
                         epsilon=0.2, api_name="/sweep")
     status, figure, table = job.result(timeout=WAIT_S)
-    assert "Run 4 of 4" in status and "complete" in status
+    # Strength 0 trains plainly whatever the regulariser: the baseline is trained once.
+    assert "Run 3 of 3" in status and "complete" in status
     rows = [dict(zip(table["headers"], row, strict=True)) for row in table["data"]]
     assert [(r["regulariser"], r["strength"]) for r in rows] == [
-        ("jacobian", 0), ("jacobian", 0.1), ("weight_decay", 0), ("weight_decay", 0.1)]
+        ("jacobian", 0), ("jacobian", 0.1), ("weight_decay", 0.1)]
     assert any(r["Pareto"] == "★" for r in rows)
     # The table's numbers are those of the runs the session now holds (the Runs tab's table).
     kept = runs(client)
-    assert [(r["run"], r["status"]) for r in kept][-4:] == [(i, "completed") for i in range(1, 5)]
+    assert [(r["run"], r["status"]) for r in kept][-3:] == [(i, "completed") for i in range(1, 4)]
     assert [r["test acc"] for r in kept] == [r["clean acc"] for r in rows]
     names = {trace.get("name") for trace in plotly(figure)["data"]}
     assert {"jacobian", "weight_decay"} <= names

@@ -26,7 +26,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from apphelpers import free_port
+from apphelpers import url_from_log
 from PIL import Image
 
 pytestmark = pytest.mark.browser
@@ -61,19 +61,17 @@ SHOTS = ROOT / "docs" if os.environ.get("UPDATE_SCREENSHOTS") == "1" else None
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """`python app.py` on a free port; yields (url, log path). Fails with the log if it dies."""
-    port = free_port()
+    """`python app.py` on loopback, the port gradio picks (7860 or the next free one, read from
+    its log); yields (url, log path). Fails with the log if it dies."""
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     env = {
         **os.environ,
         "GRADIO_SERVER_NAME": "127.0.0.1",
-        "GRADIO_SERVER_PORT": str(port),
         "GRADIO_ANALYTICS_ENABLED": "False",  # no calls out of a closed network
         "JP_MAX_SECONDS": "60",  # bounds a run that Stop fails to end
         "JP_TORCH_THREADS": "1",
         "PYTHONUNBUFFERED": "1",
     }
-    url = f"http://127.0.0.1:{port}/"
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -81,10 +79,12 @@ def server(tmp_path_factory):
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"python app.py exited with {proc.returncode}:\n{log_path.read_text()}")
+            url = url_from_log(log_path.read_text())
             try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        break
+                if url is not None:
+                    with urllib.request.urlopen(url, timeout=2) as response:
+                        if response.status == 200:
+                            break
             except OSError:
                 pass
             if time.monotonic() > deadline:

@@ -16,7 +16,7 @@ def record(penalty: float, steps=(10, 20, 30)) -> dict:
         "config": {"penalty": penalty, "method": "projection", "arch": "mlp", "dataset": "digits"},
         "status": "completed",
         "history": [
-            {"step": s, "ce_loss": 1.0 / s, "weighted_penalty": penalty * s, "train_accuracy": s / 100,
+            {"step": s, "ce_loss": 1.0 / s, "weighted_term": penalty * s, "train_accuracy": s / 100,
              "jacobian_norm_estimate": 2.0 + s}
             for s in steps
         ],

@@ -377,8 +377,8 @@ def test_divergence_stops_the_run_and_keeps_only_finite_metrics(penalty, lr):
 
 
 def nan_after(steps: int):
-    """A _step that trains normally for `steps` steps, then returns a NaN cross-entropy once."""
-    real, calls = train_module._step, []
+    """A take_step that trains normally for `steps` steps, then returns a NaN cross-entropy once."""
+    real, calls = train_module.take_step, []
 
     def step(*args):
         calls.append(1)
@@ -391,7 +391,7 @@ def nan_after(steps: int):
 def test_a_diverged_run_through_the_app_keeps_its_last_good_metrics(server, monkeypatch):
     client = Client(server[1], verbose=False)
     try:
-        monkeypatch.setattr(train_module, "_step", nan_after(20))
+        monkeypatch.setattr(train_module, "take_step", nan_after(20))  # the seam, in the server's process
         status, curves, _ = client.predict(steps=60, robustness=False, api_name="/train")
         assert "Training diverged: the cross-entropy became nan by step 21" in status
         monkeypatch.undo()
@@ -409,8 +409,8 @@ OOM = "CUDA out of memory. Tried to allocate 20.00 GiB (simulated)"
 
 
 def oom_at(step: int):
-    """A _step that raises CUDA's out-of-memory error at step `step` (once), on the CPU."""
-    real, calls = train_module._step, []
+    """A take_step that raises CUDA's out-of-memory error at step `step` (once), on the CPU."""
+    real, calls = train_module.take_step, []
 
     def fake(*args):
         calls.append(1)
@@ -434,18 +434,16 @@ def test_out_of_memory_frees_the_run_before_emptying_the_cache_and_the_next_run_
         gc.collect()
         alive_at_empty.append(models[-1]() is not None)
 
-    real_step = train_module._step
     monkeypatch.setattr(train_module, "build_model", build)
-    monkeypatch.setattr(train_module, "_step", oom_at(12))
     monkeypatch.setattr(torch.cuda, "empty_cache", empty_cache)
-    *_, finished = train_module.train(RunConfig(steps=40, report_every=5, eval_every=10, robustness=False))
+    *_, finished = train_module.train(RunConfig(steps=40, report_every=5, eval_every=10, robustness=False),
+                                      step=oom_at(12))
     assert finished.status == "out_of_memory"
     assert "ran out of memory" in finished.message and "smaller batch size" in finished.message
     # empty_cache can only hand back blocks nobody holds: the model (and the optimizer and the
     # activations, which live in the same frames) must be gone when it is called.
     assert alive_at_empty == [False]
 
-    monkeypatch.setattr(train_module, "_step", real_step)
     *_, again = train_module.train(RunConfig(steps=40, report_every=5, eval_every=10, robustness=False))
     assert again.status == "completed" and again.final["steps"] == 40
 
@@ -453,7 +451,7 @@ def test_out_of_memory_frees_the_run_before_emptying_the_cache_and_the_next_run_
 def test_out_of_memory_through_the_app_says_so_and_the_next_run_works(server, monkeypatch):
     client = Client(server[1], verbose=False)
     try:
-        monkeypatch.setattr(train_module, "_step", oom_at(10))
+        monkeypatch.setattr(train_module, "take_step", oom_at(10))
         status, _, _ = client.predict(steps=40, robustness=False, api_name="/train")
         assert "GPU ran out of memory" in status and "Traceback" not in status
         monkeypatch.undo()

@@ -111,14 +111,14 @@ def handler(**limits) -> Handlers:
     return Handlers(Limits(**limits), Estimator(), StopRequests())
 
 
-def train_values(**changes) -> list:
+def train_values(**changes) -> dict:
     values = {**TRAIN_VALUES, "steps": 20_000, "robustness": False, "num_classes": 100, **changes}
-    return [values[name] for name in controls_view.CONFIG_FIELDS]
+    return {name: values[name] for name in controls_view.CONFIG_FIELDS}
 
 
 def test_stop_ends_the_run_with_one_last_update_that_matches_the_curves():
     handlers = handler()
-    updates = handlers.train(None, *train_values(), request=None)
+    updates = handlers.train(None, train_values(), request=None)
     evaluated = []
     for _session, status, _curves, _ in updates:
         if isinstance(status, str) and "(evaluated at step" in status:
@@ -145,7 +145,7 @@ def test_a_run_that_begins_stopped_keeps_a_stopped_record_with_no_steps():
     handlers = handler()
     handlers.stops.pressed("")
     handlers.stops.request("")  # Stop while the run waited in the queue
-    *_, (session, status, _, _) = handlers.train(None, *train_values(), request=None)
+    *_, (session, status, _, _) = handlers.train(None, train_values(), request=None)
     [run] = session["runs"]
     assert run["record"]["status"] == STOPPED and run["record"]["history"] == []
     assert "Stopped at step 0 of 20000" in status
@@ -154,7 +154,7 @@ def test_a_run_that_begins_stopped_keeps_a_stopped_record_with_no_steps():
 def test_the_synthetic_class_count_reaches_the_run():
     handlers = handler()
     *_, (session, status, _, _) = handlers.train(
-        None, *train_values(dataset="synthetic", steps=5, num_classes=7), request=None)
+        None, train_values(dataset="synthetic", steps=5, num_classes=7), request=None)
     record = session["runs"][-1]["record"]
     assert "Finished 5 steps" in status
     assert record["config"]["num_classes"] == 7 and record["dataset"]["num_classes"] == 7

@@ -16,7 +16,7 @@ import torch
 
 from demo.app import zerogpu as gpu
 from demo.app.limits import Limits
-from demo.app.views import training
+from demo.app import running
 from demo.engine.config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,9 +64,9 @@ def test_the_cap_follows_the_space_limit_in_the_environment(monkeypatch):
 
 @pytest.mark.skipif(os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true"), reason="on ZeroGPU")
 def test_on_gpu_is_the_function_itself_off_zerogpu(monkeypatch):
-    assert gpu.on_gpu(training.run_stream) is training.run_stream
+    assert gpu.on_gpu(running.run_stream) is running.run_stream
     monkeypatch.setitem(sys.modules, "spaces", None)  # the package missing: import fails
-    assert gpu.on_gpu(training.run_stream) is training.run_stream
+    assert gpu.on_gpu(running.run_stream) is running.run_stream
 
 
 def test_on_gpu_asks_spaces_for_the_duration_of_the_run(monkeypatch):
@@ -79,20 +79,20 @@ def test_on_gpu_asks_spaces_for_the_duration_of_the_run(monkeypatch):
         return lambda fn: fn
 
     monkeypatch.setattr(spaces, "GPU", fake_gpu)
-    gpu.on_gpu(training.run_stream)
+    gpu.on_gpu(running.run_stream)
     cfg = BASE.replace(steps=2000)
     assert seen["duration"](cfg) == gpu.gpu_duration(cfg)
     assert seen["duration"]("other", cfg=cfg) == gpu.gpu_duration(cfg)
     with pytest.raises(TypeError, match="RunConfig"):
         seen["duration"](1, 2)
-    gpu.on_gpu(training.run_stream, duration=lambda *args: 42)  # a function without a RunConfig
+    gpu.on_gpu(running.run_stream, duration=lambda *args: 42)  # a function without a RunConfig
     assert seen["duration"]() == 42
 
 
 def test_the_wrapped_training_generator_runs_here_and_yields_picklable_cpu_data():
     cfg = RunConfig(steps=30, report_every=10, eval_every=10, device="auto")  # robustness on: every event kind
     pickle.dumps(cfg)  # ZeroGPU pickles the arguments too
-    outputs = list(gpu.on_gpu(training.run_stream)(cfg))
+    outputs = list(gpu.on_gpu(running.run_stream)(cfg))
     assert outputs and outputs[-1][0]["status"] == "completed" and outputs[-1][0]["robustness"]
     assert any(weights for _, weights in outputs)
     for value in outputs:
@@ -116,7 +116,7 @@ def test_the_app_wraps_its_training_generator_with_on_gpu(tmp_path):
     """))
     script = textwrap.dedent("""
         import json, spaces
-        import demo.app.views.training
+        import demo.app.running
         from demo.engine.config import RunConfig
         print(json.dumps({name: d(RunConfig()) for name, d in spaces.WRAPPED.items()}))
     """)
@@ -125,7 +125,7 @@ def test_the_app_wraps_its_training_generator_with_on_gpu(tmp_path):
                           timeout=120)
     assert done.returncode == 0, done.stderr
     wrapped = json.loads(done.stdout.strip().splitlines()[-1])
-    assert wrapped.get("demo.app.views.training.run_stream") == gpu.gpu_duration(RunConfig())
+    assert wrapped.get("demo.app.running.run_stream") == gpu.gpu_duration(RunConfig())
 
 
 def _tensors(value):

@@ -76,7 +76,7 @@ def test_a_run_over_the_budget_is_refused_with_what_to_lower():
 
 
 def test_a_cpu_allocation_failure_ends_the_run_as_out_of_memory_and_the_next_run_works(monkeypatch):
-    real, calls = train_module._step, []
+    real, calls = train_module.take_step, []
 
     def failing(*args):
         calls.append(1)
@@ -85,12 +85,11 @@ def test_a_cpu_allocation_failure_ends_the_run_as_out_of_memory_and_the_next_run
                                "you tried to allocate 25769803776 bytes.")
         return real(*args)
 
-    monkeypatch.setattr(train_module, "_step", failing)
-    events = list(train_module.train(RunConfig(steps=30, report_every=5, eval_every=10, robustness=False)))
+    events = list(train_module.train(RunConfig(steps=30, report_every=5, eval_every=10, robustness=False),
+                                     step=failing))
     progress = [e for e in events if isinstance(e, train_module.Progress)]
     assert progress and progress[-1].step == 5  # what came before the failure reached the consumer
     assert events[-1].status == "out_of_memory" and events[-1].message.startswith("The machine ran out of memory")
-    monkeypatch.setattr(train_module, "_step", real)
     assert list(train_module.train(RunConfig(steps=10, robustness=False)))[-1].status == "completed"
 
 
@@ -98,6 +97,5 @@ def test_other_runtime_errors_are_not_taken_for_out_of_memory(monkeypatch):
     def broken(*args):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
-    monkeypatch.setattr(train_module, "_step", broken)
     with pytest.raises(RuntimeError, match="shapes"):
-        list(train_module.train(RunConfig(steps=10, robustness=False)))
+        list(train_module.train(RunConfig(steps=10, robustness=False), step=broken))

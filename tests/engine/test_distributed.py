@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import models
 from demo.engine import distributed
 from demo.engine.config import RunConfig
-from demo.engine.train import Finished, _step, train
+from demo.engine.train import Finished, take_step, train
 from jacobian_penalty import jacobian_penalty
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,7 +64,7 @@ def _config(target: str, method: str) -> RunConfig:
 
 
 def _worker(out: Path) -> None:
-    """One engine step (demo.engine.train._step through demo.engine.distributed.wrap) per case on this rank's
+    """One engine step (demo.engine.train.take_step through demo.engine.distributed.wrap) per case on this rank's
     shard; saves the parameter gradients DDP left in .grad."""
     torch.set_num_threads(1)
     distributed.init_from_env(torch.device("cpu"), timeout=timedelta(seconds=60))
@@ -76,8 +76,8 @@ def _worker(out: Path) -> None:
             idx = distributed.shard(torch.arange(x.shape[0]))
             optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # the step leaves .grad as it is
             probes = torch.Generator().manual_seed(PROBE_SEED + rank)
-            _step(_config(target, method), model, distributed.wrap(model, target), optimizer, list(model.parameters()),
-                  x[idx], y[idx], probes)
+            take_step(_config(target, method), model, distributed.wrap(model, target), optimizer,
+                      list(model.parameters()), x[idx], y[idx], probes)
             grads[f"{target}/{method}"] = [p.grad for p in model.parameters()]
         torch.save(grads, out / f"rank{rank}.pt")
     finally:
@@ -142,7 +142,7 @@ def _union_gradients(target: str, method: str) -> list[torch.Tensor]:
     model, x, y = _problem()
     penalised = model if target == "logits" else model.features
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    _step(_config(target, method), model, penalised, optimizer, list(model.parameters()), x, y,
+    take_step(_config(target, method), model, penalised, optimizer, list(model.parameters()), x, y,
           torch.Generator().manual_seed(PROBE_SEED))
     return [p.grad for p in model.parameters()]
 
@@ -205,7 +205,7 @@ def test_ddp_step_gives_the_single_process_gradients_of_the_union(tmp_path):
     model, x, y = _problem()
     idx = distributed.shard(torch.arange(x.shape[0]), of_rank=0, world=WORLD)
     params = list(model.parameters())
-    _step(_config("logits", "exact"), model, model, torch.optim.SGD(params, lr=0.0), params, x[idx], y[idx], None)
+    take_step(_config("logits", "exact"), model, model, torch.optim.SGD(params, lr=0.0), params, x[idx], y[idx], None)
     assert _relative_error([p.grad for p in model.parameters()], ranks[0]["logits/exact"]) > 1e-3
 
 
@@ -250,7 +250,7 @@ def test_torchrun_cli_trains_two_ranks_and_writes_one_json(tmp_path, method):
     for got, want in zip(record["history"], single.history, strict=True):
         assert got["epoch"] == want["epoch"]
         assert got["ce_loss"] == pytest.approx(want["ce_loss"], rel=1e-4)
-        assert got["penalty"] == pytest.approx(want["penalty"], rel=1e-3)
+        assert got["term"] == pytest.approx(want["term"], rel=1e-3)
     assert record["final"]["jacobian_norm"] == pytest.approx(single.final["jacobian_norm"], rel=1e-3)
 
 

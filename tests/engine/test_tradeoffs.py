@@ -178,3 +178,25 @@ def test_a_run_records_its_checks():
     events = list(train(RunConfig(**QUICK, penalty=0.01)))
     checks = [e for e in events if isinstance(e, Robustness)][0]
     assert set(checks.results) >= {"square", "unbounded"} and isinstance(checks.checks, tuple)
+
+
+def test_distinct_configs_train_the_baseline_once_and_spectral_normalisation_once():
+    base = RunConfig(dataset="moons", steps=10)
+    cfgs = sweeps.configs(base, [0, 0.01, 0.1], ["jacobian", "spectral", "weight_decay"], distinct=True)
+    assert [(c.regularizer, c.penalty) for c in cfgs] == [
+        ("jacobian", 0), ("jacobian", 0.01), ("jacobian", 0.1), ("spectral", 0.01),
+        ("weight_decay", 0.01), ("weight_decay", 0.1)]
+    # Without distinct (one regulariser, the CLI's contract): one run per strength, in order.
+    assert [c.penalty for c in sweeps.configs(base, [0, 0.01, 0.1], ["spectral"])] == [0, 0.01, 0.1]
+
+
+def test_saturation_names_a_baseline_already_robust_at_epsilon_and_a_stronger_epsilon():
+    def record(penalty, clean, pgd_rows):
+        return {"config": {"penalty": penalty, "regularizer": "jacobian"}, "final": {"test_accuracy": clean},
+                "robustness": {"pgd": [{"epsilon": e, "accuracy": a} for e, a in pgd_rows]}}
+
+    baseline = record(0, 0.98, [(0.0, 0.98), (0.1, 0.97), (0.2, 0.60), (0.4, 0.2)])
+    note = sweeps.saturation([baseline, record(0.1, 0.97, [(0.1, 0.97)])], 0.1)
+    assert "already keeps 0.970 of its 0.980" in note and "ε = 0.2" in note
+    assert sweeps.saturation([baseline], 0.2) == ""  # 0.60 < 0.9 x 0.98: the attack tells runs apart
+    assert sweeps.saturation([record(0.1, 0.97, [(0.1, 0.97)])], 0.1) == ""  # no baseline, no claim

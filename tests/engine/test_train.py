@@ -68,9 +68,9 @@ def test_mlp_trains_on_2d_sets_and_image_archs_are_refused(dataset):
 def test_each_method_and_target_reduce_the_loss(method, target):
     events, _ = run(method=method, target=target, steps=60, report_every=10, eval_every=60, penalty=0.01)
     progress = [e for e in events if isinstance(e, Progress)]
-    assert all(math.isfinite(p.penalty) and p.penalty >= 0 for p in progress)
+    assert all(math.isfinite(p.term) and p.term >= 0 for p in progress)
     assert progress[-1].ce_loss < progress[0].ce_loss
-    assert progress[0].weighted_penalty == pytest.approx(0.01 * progress[0].penalty)
+    assert progress[0].weighted_term == pytest.approx(0.01 * progress[0].term)
 
 
 def test_features_target_penalises_the_penultimate_layer():
@@ -84,7 +84,7 @@ def test_features_target_penalises_the_penultimate_layer():
     x = dataset.x_train[:64]
     features_norm = jacobian_norms(model.features, x).pow(2).mean().item()
     logits_norm = jacobian_norms(model, x).pow(2).mean().item()
-    reported = [e for e in events if isinstance(e, Progress)][-1].penalty
+    reported = [e for e in events if isinstance(e, Progress)][-1].term
     # The last report's batch differs from x, so compare within a factor; features (256 wide)
     # and logits (10) norms differ by far more than that.
     assert abs(math.log(reported / features_norm)) < abs(math.log(reported / logits_norm))
@@ -142,7 +142,7 @@ def test_divergence_stops_with_a_message_and_keeps_last_good_metrics():
 def test_lambda_zero_reports_the_estimate_but_adds_nothing():
     events, _ = run(penalty=0.0)
     progress = [e for e in events if isinstance(e, Progress)]
-    assert all(p.weighted_penalty == 0.0 and p.penalty > 0 for p in progress)
+    assert all(p.weighted_term == 0.0 and p.term > 0 for p in progress)
 
 
 def test_started_describes_the_run():
@@ -275,3 +275,43 @@ def test_a_run_that_collapses_to_chance_says_so_and_one_that_learns_does_not():
     learned = [e for e in train(RunConfig(**{**QUICK, "steps": 150}, penalty=0.01)) if isinstance(e, Finished)][0]
     assert learned.final["test_accuracy"] > 0.5 and learned.message == ""
     assert "learning rate 5" in collapse_message(RunConfig(lr=5.0), 0.1, 10)
+
+
+def test_a_cross_entropy_stuck_at_ln_c_is_a_collapse_even_above_chance_accuracy():
+    from demo.engine.train import collapse_message
+
+    flat = [{"step": 100, "ce_loss": math.log(10) * 1.001}]
+    learning = [{"step": 100, "ce_loss": 0.5}]
+    # 0.122 is above chance + margin (0.12) for 10 classes: only the loss says the model guesses.
+    message = collapse_message(RunConfig(penalty=1.0), 0.122, 10, flat)
+    assert message.startswith("The model collapsed to chance") and "ln 10" in message
+    assert collapse_message(RunConfig(penalty=1.0), 0.122, 10, learning) == ""
+    assert collapse_message(RunConfig(), 0.9, 10, flat[:0]) == ""
+
+
+def test_stop_ends_training_at_the_next_step_without_a_finished_event():
+    steps_taken = []
+    from demo.engine.train import take_step
+
+    def counting(*args):
+        steps_taken.append(1)
+        return take_step(*args)
+
+    events = list(train(RunConfig(**{**QUICK, "steps": 500}), stop=lambda: len(steps_taken) >= 7, step=counting))
+    assert len(steps_taken) == 7  # the step that saw Stop was the last
+    assert not any(isinstance(e, Finished) for e in events)
+    assert [e.step for e in events if isinstance(e, Progress)] == [5]
+
+
+def test_stop_during_the_attacks_ends_them_between_levels():
+    """Stop asked once training is over: the robustness report is abandoned at its next level, so
+    the stream ends with no Robustness and no Finished event (the consumer keeps what it has)."""
+    asked = []
+
+    def stop_after_training() -> bool:
+        asked.append(1)
+        return len(asked) > QUICK["steps"]  # False at every step; True at the first attack level
+
+    events = list(train(RunConfig(**{**QUICK, "robustness": True}), stop=stop_after_training))
+    assert [type(e).__name__ for e in events][-1] == "Evaluation"
+    assert len(asked) == QUICK["steps"] + 1  # training asked at each step; the attacks once, then stopped

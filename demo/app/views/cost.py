@@ -102,18 +102,16 @@ def _check(arch, dataset, device, classes, methods, batch_size):
             raise ConfigError(f"Unknown device {str(device)[:40]!r}; choose one of: {', '.join(DEVICES)}.")
         return shape, resolve_device(device)
     except (ConfigError, ValueError, TypeError) as exc:
-        raise gr.Error(str(exc), print_exception=False) from None
+        raise inputs.refuse(str(exc)) from None
 
 
 def _check_memory(memory: Estimator, arch, dataset, device, most_classes, methods, batch_size, torch_device):
     """The largest C with each method must fit (exact keeps a graph per output)."""
-    try:
+    with inputs.plain_errors(f"At C = {most_classes}: "):
         for method in methods:
             cfg = RunConfig(dataset=dataset, arch=arch, method=method, batch_size=batch_size, device=device,
                             robustness=False)
             memory.check(cfg, most_classes, torch_device)
-    except ConfigError as exc:
-        raise gr.Error(f"At C = {most_classes}: {exc}", print_exception=False) from None
 
 
 def _table(rows: list[dict]) -> pd.DataFrame:

@@ -53,12 +53,10 @@ def show_jacobian(session: dict | None, run: str, compare: str, example: float):
                           whole=True)
     if not (session or {}).get("runs"):
         return plots.jacobian_figure([]), plots.field_figure([]), "Train a run first: its Jacobian appears here."
-    try:
+    with inputs.plain_errors():
         runs = [sessions.find_run(session, run, need_weights=True)]
         if compare not in (None, ""):
             runs.append(sessions.find_run(session, compare))
-    except sessions.RunNotFound as exc:
-        raise gr.Error(str(exc), print_exception=False) from None
     dataset = inspect.load_data(runs[0]["record"])
     models = []
     for other in runs:

@@ -96,12 +96,10 @@ def evaluate_thoroughly(session: dict | None, run: str, *, max_runs: int):
 
 def _run_with_model(session: dict | None, run: str) -> tuple[dict, Any]:
     """The chosen run and its model, or a plain refusal (no such run, no weights yet)."""
-    try:
+    with inputs.plain_errors():
         chosen = sessions.find_run(session, run, need_weights=True)
-    except sessions.RunNotFound as exc:
-        raise gr.Error(str(exc), print_exception=False) from None
     if not chosen["weights"]:
-        raise gr.Error(f"Run #{chosen['id']} has no weights yet.", print_exception=False)
+        raise inputs.refuse(f"Run #{chosen['id']} has no weights yet.")
     return chosen, inspect.load_model(chosen["record"], chosen["weights"])
 
 
@@ -113,10 +111,8 @@ def choices_update(view: RobustnessView, session: dict | None) -> dict:
 def _chosen(session: dict | None, runs: list[str] | None) -> list[dict]:
     runs = inputs.run_ids(runs, "Runs to overlay")
     if runs:
-        try:
+        with inputs.plain_errors():
             return [sessions.find_run(session, run_id) for run_id in runs]
-        except sessions.RunNotFound as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
     newest = [run for run in (session or {}).get("runs", []) if run["record"].get("robustness")]
     return newest[-MAX_OVERLAID:]
 

@@ -42,10 +42,8 @@ def runs_table(session: dict | None):
 def compare_runs(session: dict | None, runs: list[str] | None):
     """/compare: training curves of the chosen runs (ids; none chosen: every run) overlaid."""
     runs = inputs.run_ids(runs, "Runs to compare")
-    try:
+    with inputs.plain_errors():
         chosen = [sessions.find_run(session, r) for r in runs] if runs else (session or {}).get("runs", [])
-    except sessions.RunNotFound as exc:
-        raise gr.Error(str(exc), print_exception=False) from None
     labels = sessions.legend_labels(chosen)
     return plots.steps_figure([(label, run["record"]) for label, run in zip(labels, chosen, strict=True)],
                               plots.COMPARE_PANELS)
@@ -55,10 +53,8 @@ def download(session: dict | None, run: str):
     """/download: (record JSON, weights safetensors) of run `run` ("" = newest), written to the
     session's own temporary folder."""
     run = inputs.run_id(run, "Run to download")
-    try:
+    with inputs.plain_errors():
         chosen = sessions.find_run(session, run)
-    except sessions.RunNotFound as exc:
-        raise gr.Error(str(exc), print_exception=False) from None
     return sessions.write_files(session, chosen)
 
 

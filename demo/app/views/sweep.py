@@ -1,18 +1,19 @@
 """The Sweep tab: one run per strength (and per regulariser) with the controls' other settings,
 streamed one after another, and the trade-off they draw (demo.engine.sweep, plots.tradeoff_figure).
 
-Every finished run joins the session like a run from Train (the Runs tab lists it); Stop keeps
-the finished runs and the partial one.
+Every finished run joins the session like a run from Train (the Runs tab lists it). Strength 0
+trains once however many regularisers are chosen, spectral normalisation once (it is on or off).
+Stop is Train's Stop (StopRequests, demo.app.running.follow): it ends the run in progress, keeps it
+(marked stopped) with the finished ones in the session and the table, and the status says so.
 """
 
 from __future__ import annotations
 
 import html
+import inspect
 import math
 import re
-import threading
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import gradio as gr
@@ -21,19 +22,20 @@ import pandas as pd
 from demo.app import controls as controls_view
 from demo.app import inputs, limits, plots
 from demo.app import session as sessions
-from demo.app.streaming import ACCELERATOR, HEAVY, SKIP, Throttle, in_background
-from demo.app.views.training import run_stream
+from demo.app.controls import POINT_SETS
+from demo.app.running import follow, visitor, wire_stop
+from demo.app.streaming import ACCELERATOR, HEAVY, SKIP, StopRequests
 from demo.budget.memory import Estimator
 from demo.engine import data
 from demo.engine import sweep as sweeps
-from demo.engine.config import MAX_PENALTY, REGULARIZERS, ConfigError
-from demo.engine.record import RUNNING, new_record
+from demo.engine.config import MAX_PENALTY, REGULARIZERS
+from demo.engine.record import STOPPED
 from demo.engine.train import resolve_device
 
-__all__ = ["SweepView", "run_sweep"]
+__all__ = ["Handlers", "SweepView", "parse_strengths", "wire"]
 
 DEFAULT_STRENGTHS = "0, 0.001, 0.01, 0.1, 1"
-DEFAULT_EPSILON = 0.1
+DEFAULT_EPSILON = sweeps.DEFAULT_EPSILON["image"]
 MAX_STRENGTHS = 10
 TABLE_COLUMNS = ("regulariser", "strength", "clean acc", "PGD acc", "Square acc", "‖J‖_F", "ms/step", "Pareto")
 HOW_TO_READ = (
@@ -71,62 +73,80 @@ def parse_strengths(value: Any) -> list[float]:
     return numbers
 
 
-def run_sweep(session: dict | None, dataset: str, arch: str, penalty: float, method: str, num_projections: int,
-              target: str, steps: int, batch_size: int, lr: float, seed: int, device: str, robustness: bool,
-              num_classes: int, strengths: str, regularizers: list[str], epsilon: float, *, space: limits.Limits,
-              memory: Estimator):
-    """/sweep: the controls' settings (λ aside) + strengths, regularisers and the PGD ε of the robust
-    accuracy -> one run per (regulariser, strength), streamed as (session, status, figure, table)."""
-    values = dict(dataset=dataset, arch=arch, penalty=penalty, method=method, num_projections=num_projections,
-                  target=target, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                  robustness=robustness, num_classes=num_classes)
-    base = controls_view.check(values, space)
-    strengths = parse_strengths(strengths)
-    if regularizers is not None and not isinstance(regularizers, list):
-        raise inputs.refuse(f"Regularisers: send a list of names among {', '.join(REGULARIZERS)}.")
-    chosen = [inputs.choice(r, "Regularisers", tuple(REGULARIZERS)) for r in (regularizers or [])[:len(REGULARIZERS)]]
-    epsilon = inputs.number(epsilon, "PGD ε", 0, 1)
-    try:
-        configs = sweeps.configs(base.replace(robustness=True), strengths, list(dict.fromkeys(chosen)) or None)
-        for cfg in configs:  # each regulariser's cost differs; the strength does not change memory
-            memory.check(cfg, data.class_count(cfg.dataset, cfg.num_classes), resolve_device(cfg.device))
-    except ConfigError as exc:
-        raise gr.Error(str(exc), print_exception=False) from None
-    records: list[dict] = []
-    for index, cfg in enumerate(configs, start=1):
-        session, run_id = sessions.reserve_run(session)
-        run, pace = {"id": run_id, "record": new_record(cfg), "weights": {}}, Throttle()
-        # In a worker thread: Stop (a cancel) takes effect at the next tick, not after the attacks.
-        for item in in_background(run_stream(cfg), threading.Event()):
-            if item is not None:
-                record, weights = item
-                run = {**run, "record": record, **({"weights": weights} if weights is not None else {})}
-            record = run["record"]
-            finished = record["status"] != RUNNING
-            update = pace.next(final=finished)
-            if update == SKIP:
-                yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
-            elif update == HEAVY and not finished:
-                yield (sessions.with_run(session, run, space.max_runs), _status(index, len(configs), record),
-                       gr.skip(), gr.skip())
-        session = sessions.with_run(session, run, space.max_runs)
-        records.append(run["record"])
-        rows = sweeps.table(records, epsilon)
-        yield session, _status(index, len(configs), run["record"], done=True), plots.tradeoff_figure(rows, epsilon), \
-            _table(rows)
+@dataclass(frozen=True)
+class Handlers:
+    space: limits.Limits
+    memory: Estimator
+    stops: StopRequests
+
+    def sweep(self, session: dict | None, values: dict[str, Any], strengths: Any = DEFAULT_STRENGTHS,
+              regularizers: Any = None, epsilon: Any = DEFAULT_EPSILON, *, request: gr.Request = None):
+        """/sweep: the controls' settings (λ aside) + strengths, regularisers and the PGD ε of the robust
+        accuracy -> one run per distinct (regulariser, strength), streamed as (session, status, figure, table)."""
+        configs, epsilon = self._configs(values, strengths, regularizers, epsilon)
+        records: list[dict] = []
+        with self.stops.running(visitor(request)) as stop, inputs.plain_errors():
+            for index, cfg in enumerate(configs, start=1):
+                session, run_id = sessions.reserve_run(session)
+                for tick in follow(cfg, run_id, stop):
+                    if tick.kind == SKIP:
+                        yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                    elif tick.kind == HEAVY:
+                        yield (sessions.with_run(session, tick.run, self.space.max_runs),
+                               _status(index, len(configs), tick.run["record"]), gr.skip(), gr.skip())
+                    else:  # FINAL: finished, or stopped
+                        session = sessions.with_run(session, tick.run, self.space.max_runs)
+                        records.append(tick.run["record"])
+                        rows = sweeps.table(records, epsilon)
+                        yield (session, _status(index, len(configs), tick.run["record"], done=True, records=records,
+                                                epsilon=epsilon),
+                               plots.tradeoff_figure(rows, epsilon), _table(rows))
+                if stop.is_set():
+                    return
+
+    def _configs(self, values, strengths, regularizers, epsilon):
+        with inputs.plain_errors():
+            base = controls_view.config_from(values, self.space)
+        strengths = parse_strengths(strengths)
+        if regularizers is not None and not isinstance(regularizers, list):
+            raise inputs.refuse(f"Regularisers: send a list of names among {', '.join(REGULARIZERS)}.")
+        chosen = [inputs.choice(r, "Regularisers", tuple(REGULARIZERS))
+                  for r in (regularizers or [])[:len(REGULARIZERS)]]
+        epsilon = inputs.number(epsilon, "PGD ε", 0, 1)
+        with inputs.plain_errors():
+            configs = sweeps.configs(base.replace(robustness=True), strengths, list(dict.fromkeys(chosen)) or None,
+                                     distinct=True)
+            for cfg in configs:  # each regulariser's cost differs; the strength does not change memory
+                self.memory.check(cfg, data.class_count(cfg.dataset, cfg.num_classes), resolve_device(cfg.device))
+        return configs, epsilon
 
 
-def _status(index: int, total: int, record: dict, done: bool = False) -> str:
+def _status(index: int, total: int, record: dict, done: bool = False, records: list[dict] | None = None,
+            epsilon: float = DEFAULT_EPSILON) -> str:
     cfg, final = record["config"], record.get("final", {})
-    what = f"{html.escape(cfg['regularizer'])} at strength {cfg['penalty']:g}"
+    what = _what(cfg)
     if done:
+        if record["status"] == STOPPED:
+            return (f'<div class="jp-sweep-status">Stopped during run {index} of {total} ({what}) at step '
+                    f'{final.get("steps", 0)} of {cfg["steps"]}; the {index - 1} finished run(s) and the partial one '
+                    "are kept (see the table and Runs).</div>")
         message = record.get("message") or record["status"]
-        ended = "finished" if record["status"] == "completed" else html.escape(message)
+        ended = "finished" if record["status"] == "completed" and not record.get("message") else html.escape(message)
         tail = " The sweep is complete." if index == total else ""
-        return f'<div class="jp-sweep-status">Run {index} of {total} ({what}) {ended}.{tail}</div>'
+        note = sweeps.saturation(records or [record], epsilon) if index == total else ""
+        note = f" {html.escape(note)}" if note else ""
+        return f'<div class="jp-sweep-status">Run {index} of {total} ({what}) {ended.rstrip(".")}.{tail}{note}</div>'
     bar = f'<progress value="{index - 1}" max="{total}"></progress>'
     return (f'<div class="jp-sweep-status">{bar} Run {index} of {total}: {what}, '
             f'step {final.get("steps", 0)} of {cfg["steps"]}</div>')
+
+
+def _what(cfg: dict) -> str:
+    if cfg["penalty"] == 0:
+        return "no regulariser (the baseline)"
+    if cfg["regularizer"] in sweeps.ON_OFF:
+        return f"{html.escape(cfg['regularizer'])} on"
+    return f"{html.escape(cfg['regularizer'])} at strength {cfg['penalty']:g}"
 
 
 def _table(rows: list[dict]) -> pd.DataFrame:
@@ -171,10 +191,14 @@ def layout() -> SweepView:
 
 
 def wire(view: SweepView, controls: controls_view.Controls, session: gr.State, space: limits.Limits,
-         memory: Estimator):
+         memory: Estimator, stops: StopRequests):
     """Run sweep (api_name "sweep") and its Stop; returns the sweep event for chaining."""
+    handlers = Handlers(space, memory, stops)
+    after = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default)
+             for name, default in (("strengths", DEFAULT_STRENGTHS), ("regularizers", None),
+                                   ("epsilon", DEFAULT_EPSILON))]
     event = view.run.click(
-        partial(run_sweep, space=space, memory=memory),
+        controls_view.config_handler(handlers.sweep, after=tuple(after)),
         [session, *controls.inputs(), view.strengths, view.regularizers, view.epsilon],
         [session, view.status, view.figure, view.table],
         api_name="sweep",
@@ -184,5 +208,13 @@ def wire(view: SweepView, controls: controls_view.Controls, session: gr.State, s
         concurrency_limit=space.concurrency,
         show_progress="minimal",
     )
-    view.stop.click(None, None, None, cancels=[event])
+    wire_stop(view.run, view.stop, stops)  # the same Stop as Train's
+    controls.dataset.change(_epsilon_for, controls.dataset, view.epsilon, api_visibility="private", queue=False,
+                            show_progress="hidden")
     return event
+
+
+def _epsilon_for(dataset: str) -> float:
+    """The PGD ε at which an unregularised model of this kind of data is not already robust."""
+    kind = "points" if dataset in POINT_SETS else "image"
+    return sweeps.DEFAULT_EPSILON[kind]

@@ -19,7 +19,7 @@ from demo.app.streaming import ACCELERATOR, HEAVY, SKIP, Throttle
 from demo.app.zerogpu import gpu_duration, on_gpu
 from demo.budget.memory import Estimator
 from demo.engine import data
-from demo.engine.config import ConfigError, RunConfig
+from demo.engine.config import RunConfig
 from demo.engine.train import build_model, resolve_device
 from demo.evaluation import thread as thread_demo
 
@@ -101,7 +101,7 @@ def run_thread(
     cfg, warmup = _config(values, warmup_steps, space)
     records = {name: {"label": LABELS[name], "history": []} for name in thread_demo.APPROACHES}
     started, pace = time.monotonic(), Throttle()
-    try:
+    with inputs.plain_errors():
         memory.check(cfg, data.class_count(cfg.dataset, cfg.num_classes), resolve_device(cfg.device))
         for report in thread_stream(cfg, warmup):
             for name, values in report.items():
@@ -115,8 +115,6 @@ def run_thread(
                 yield _numbers(records, cfg), plots.steps_figure(runs, plots.THREAD_PANELS)
             if done:
                 return
-    except (ConfigError, data.DatasetUnavailable) as exc:
-        raise gr.Error(str(exc), print_exception=False) from None
 
 
 def _config(values: dict[str, Any], warmup: Any, space: limits.Limits) -> tuple[RunConfig, int]:
@@ -124,15 +122,12 @@ def _config(values: dict[str, Any], warmup: Any, space: limits.Limits) -> tuple[
     warmup = inputs.number(warmup, "Warm-up steps", 0, MAX_WARMUP, whole=True)
     values = {**values, "steps": steps}
     if not (1 <= steps <= min(MAX_STEPS, space.max_steps) and 0 <= warmup <= min(MAX_WARMUP, space.max_steps)):
-        raise gr.Error(
+        raise inputs.refuse(
             f"This panel takes 1 to {min(MAX_STEPS, space.max_steps)} steps after 0 to "
-            f"{min(MAX_WARMUP, space.max_steps)} warm-up steps; got {steps} and {warmup}.",
-            print_exception=False,
+            f"{min(MAX_WARMUP, space.max_steps)} warm-up steps; got {steps} and {warmup}."
         )
-    try:
+    with inputs.plain_errors():
         return RunConfig.from_mapping({**values, "robustness": False}), warmup
-    except ConfigError as exc:
-        raise gr.Error(str(exc), print_exception=False) from None
 
 
 def _numbers(records: dict[str, dict], cfg: RunConfig) -> str:

@@ -1,40 +1,33 @@
 """Training: Train and Stop, the status line, live curves and the live 2-D ‖J(x)‖ field.
 
-`run_stream(cfg)` is the only part that touches the accelerator: it iterates `train(cfg)` and
-yields CPU data (the run record and, when they change, CPU weights). The handler `Handlers.train`
-iterates it in a worker thread (demo.app.streaming), so that it sees Stop within a tenth of a
-second whatever the model is computing, and throttles by wall-clock time: a heavy update
-(session, status, figures) at most every half second, `gr.skip()` in between as cheap
-cancellation points for headless clients (job.cancel()).
-
-Stop asks the running handler to end (StopRequests): it closes the stream and sends one last
-update whose status line, curves and session all come from the same record, marked "stopped".
+`Handlers.train` adapts: UI values -> RunConfig (controls.config_from) -> demo.app.running.follow
+-> (session, status, curves, field). `follow` runs the engine in a worker thread, paces updates
+and ends with one last update whose status line, curves and session come from the same record;
+Stop (StopRequests, shared with the Sweep tab) ends the run's computation, not only its stream.
 """
 
 from __future__ import annotations
 
-import copy
 import html
-import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
 from demo.app import controls as controls_view
+from demo.app import inputs, limits, plots
 from demo.app import inspection as inspect
-from demo.app import limits, plots
 from demo.app import session as sessions
-from demo.app.streaming import ACCELERATOR, HEAVY, SKIP, StopRequests, Throttle, in_background
-from demo.app.zerogpu import on_gpu
+from demo.app.controls import POINT_SETS
+from demo.app.running import follow, visitor, wire_stop
+from demo.app.streaming import ACCELERATOR, SKIP, StopRequests
 from demo.budget.memory import Estimator
 from demo.engine import data
-from demo.engine.config import ConfigError, RunConfig
-from demo.engine.record import COMPLETED, RUNNING, STOPPED, Recorder, kept, new_record
-from demo.engine.train import Evaluation, Finished, resolve_device, train
+from demo.engine.config import RunConfig
+from demo.engine.record import COMPLETED, RUNNING, STOPPED, finite
+from demo.engine.train import resolve_device
 
-__all__ = ["Handlers", "TrainingView", "run_stream", "status_html", "wire"]
+__all__ = ["Handlers", "TrainingView", "status_html", "wire"]
 
 HOW_TO_READ = (
     "**How to read this.** Left: the two terms of the loss, cross-entropy and λ × penalty, on a log scale. "
@@ -53,22 +46,6 @@ class TrainingView:
     field: gr.Plot
 
 
-@on_gpu  # ZeroGPU: runs in a GPU worker for gpu_duration(cfg) seconds; unchanged elsewhere
-def run_stream(cfg: RunConfig) -> Iterator[tuple[dict[str, Any], dict | None]]:
-    """train(cfg) folded into its run record: (record, CPU weights or None) after every event.
-
-    Weights come with Evaluation and Finished events only. Everything yielded is CPU data, so
-    this generator can run in another process (ZeroGPU's spaces.GPU wraps it). Each record is a
-    copy: the Recorder goes on changing its own while the handler draws and stores this one (in
-    another thread, see in_background).
-    """
-    recorder = Recorder(cfg)
-    for event in train(cfg):
-        recorder.add(event)
-        fresh = isinstance(event, (Evaluation, Finished)) and bool(event.state_dict)
-        yield copy.deepcopy(recorder.record), (recorder.state_dict if fresh else None)
-
-
 @dataclass(frozen=True)
 class Handlers:
     """Train and Stop, with what they share. Methods, not functools.partial: gradio finds the
@@ -78,76 +55,20 @@ class Handlers:
     memory: Estimator
     stops: StopRequests
 
-    def train(
-        self,
-        session: dict | None,
-        dataset: str,
-        arch: str,
-        penalty: float,
-        method: str,
-        num_projections: int,
-        target: str,
-        steps: int,
-        batch_size: int,
-        lr: float,
-        seed: int,
-        device: str,
-        robustness: bool,
-        num_classes: int = RunConfig.num_classes,
-        request: gr.Request = None,
-    ):
-        """/train: UI values -> RunConfig -> run_stream -> (session, status, curves, field)."""
-        values = dict(dataset=dataset, arch=arch, penalty=penalty, method=method, num_projections=num_projections,
-                      target=target, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                      robustness=robustness, num_classes=num_classes)
-        cfg = controls_view.check(values, self.space)
-        visitor = _visitor(request)
-        stop = self.stops.begin(visitor)
-        try:
-            yield from self._stream(session, cfg, stop)
-        except (ConfigError, data.DatasetUnavailable) as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
-        finally:
-            self.stops.end(visitor, stop)
-
-    def _stream(self, session: dict | None, cfg: RunConfig, stop):
-        # Before anything is allocated: a run that would not fit is refused, not killed mid-way.
-        self.memory.check(cfg, data.class_count(cfg.dataset, cfg.num_classes), resolve_device(cfg.device))
-        points = None  # the test points under the live field, for 2-D data
-        if cfg.dataset in controls_view.POINT_SETS:
-            points = data.load(cfg.dataset, seed=cfg.seed, noise=cfg.noise)
-        session, run_id = sessions.reserve_run(session)
-        run = {"id": run_id, "record": new_record(cfg), "weights": {}}
-        # Held, not only iterated: closing it waits for the worker's current event (up to seconds
-        # of attacks), which must come after the last update, not before it.
-        stream = in_background(run_stream(cfg), stop)
-        try:
-            yield from self._updates(session, run, stream, stop, points)
-        finally:
-            stream.close()
-
-    def _updates(self, session: dict, run: dict, stream: Iterator, stop, points: data.Dataset | None):
-        field_stale, pace = False, Throttle()
-        for item in stream:
-            if item is not None:
-                record, weights = item
-                if weights is not None:
-                    run, field_stale = {**run, "weights": weights}, True
-                run = {**run, "record": record}
-            if stop.is_set():
-                break
-            finished = run["record"]["status"] != RUNNING
-            update = pace.next(final=finished)
-            if update == SKIP:
-                yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
-            elif update == HEAVY:
-                yield self._update(session, run, points if field_stale else None)
-                field_stale = False
-            if finished:
-                return
-        # Stopped (the stream may end first: its worker saw Stop too): one last update, from the
-        # record as it stands, so that the status line and the curves show the same numbers.
-        yield self._update(session, {**run, "record": kept(run["record"])}, points if field_stale else None)
+    def train(self, session: dict | None, values: dict[str, Any], *, request: gr.Request = None):
+        """/train: UI values -> RunConfig -> follow -> (session, status, curves, field)."""
+        with inputs.plain_errors():
+            cfg = controls_view.config_from(values, self.space)
+            # Before anything is allocated: a run that would not fit is refused, not killed mid-way.
+            self.memory.check(cfg, data.class_count(cfg.dataset, cfg.num_classes), resolve_device(cfg.device))
+            points = data.load(cfg.dataset, seed=cfg.seed, noise=cfg.noise) if cfg.dataset in POINT_SETS else None
+        with self.stops.running(visitor(request)) as stop, inputs.plain_errors():
+            session, run_id = sessions.reserve_run(session)
+            for tick in follow(cfg, run_id, stop):
+                if tick.kind == SKIP:
+                    yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                else:
+                    yield self._update(session, tick.run, points if tick.fresh else None)
 
     def _update(self, session: dict, run: dict, points: data.Dataset | None) -> tuple:
         """(session, status, curves, field): the field is redrawn when `points` are given."""
@@ -158,17 +79,6 @@ class Handlers:
             plots.steps_figure([(plots.run_label(run["record"]), run["record"])], plots.TRAINING_PANELS),
             field,
         )
-
-    def stop(self, request: gr.Request) -> None:
-        """Stop: the session's running Train handler ends within a tick (a queued one, at its start)."""
-        self.stops.request(_visitor(request))
-
-    def pressed(self, request: gr.Request) -> None:
-        self.stops.pressed(_visitor(request))
-
-
-def _visitor(request: gr.Request | None) -> str:
-    return str(getattr(request, "session_hash", "") or "")
 
 
 def status_html(run: dict[str, Any]) -> str:
@@ -202,18 +112,14 @@ def _numbers(record: dict[str, Any]) -> str:
     if not evaluations:
         return ""
     last, parts = evaluations[-1], []
-    if _finite(last.get("test_accuracy")):
+    if finite(last.get("test_accuracy")):
         parts.append(f"test accuracy {last['test_accuracy']:.3f}")
-    if _finite(last.get("jacobian_norm")):
+    if finite(last.get("jacobian_norm")):
         parts.append(f"mean ‖J‖<sub>F</sub> {last['jacobian_norm']:.3g}")
     if not parts:
         return ""
     when = "" if last["step"] == record.get("final", {}).get("steps") else f" (evaluated at step {last['step']})"
     return " · " + " · ".join(parts) + when
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _field(record: dict[str, Any], weights: dict, points: data.Dataset):
@@ -224,7 +130,7 @@ def _field(record: dict[str, Any], weights: dict, points: data.Dataset):
 
 
 def _field_visibility(dataset: str):
-    return gr.update(visible=dataset in controls_view.POINT_SETS)
+    return gr.update(visible=dataset in POINT_SETS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,7 +154,7 @@ def layout_tab(defaults: RunConfig, buttons: tuple[gr.Button, gr.Button, gr.HTML
                      label="Training curves")
     gr.Markdown(HOW_TO_READ, elem_classes=["jp-hint"])
     field = gr.Plot(label="‖J(x)‖_F over the input plane, decision boundary and test points",
-                    visible=defaults.dataset in controls_view.POINT_SETS)
+                    visible=defaults.dataset in POINT_SETS)
     return TrainingView(*buttons, curves, field)
 
 
@@ -261,7 +167,7 @@ def wire(view: TrainingView, controls: controls_view.Controls, session: gr.State
     """Train (api_name "train") and Stop; returns the train event for chaining."""
     handlers = Handlers(space, memory, stops)
     train_event = view.train.click(
-        handlers.train,
+        controls_view.config_handler(handlers.train),
         [session, *controls.inputs()],
         [session, view.status, view.curves, view.field],
         api_name="train",
@@ -273,12 +179,7 @@ def wire(view: TrainingView, controls: controls_view.Controls, session: gr.State
         concurrency_limit=space.concurrency,
         show_progress="minimal",
     )
-    # Outside the accelerator's limit, so they act at once: Stop also reaches a run that is still
-    # waiting its turn.
-    view.train.click(handlers.pressed, None, None, api_visibility="private", show_progress="hidden",
-                     concurrency_limit=None)
-    view.stop.click(handlers.stop, None, None, api_visibility="private", show_progress="hidden",
-                    concurrency_limit=None)
+    wire_stop(view.train, view.stop, stops)
     controls.dataset.change(_field_visibility, controls.dataset, view.field, api_visibility="private", queue=False,
                             show_progress="hidden")
     return train_event
