@@ -3,8 +3,8 @@
 The same short run is consumed by
   - bare:   a loop that takes every event and does nothing with it (the engine alone);
   - cli:    demo.cli.main.main(["train", ..., "--quiet"]) in this process (Recorder, summary);
-  - ui:     the Gradio train handler (demo.app.views.training.Handlers.train through controls.config_handler), iterated directly without a
-            server: Recorder, session updates, status line, figures at most every
+  - ui:     the Gradio train handler (views.training.Handlers.train via controls.config_handler),
+            iterated directly without a server: Recorder, session updates, status line, figures at most every
             HEAVY_INTERVAL_S seconds and gr.skip() in between;
   - ui+json: the same, plus what Gradio's server does to each heavy update before sending it
             (the figures serialised with plotly's to_json).
@@ -87,9 +87,9 @@ def ui_handler(clock: Callable[[], float]) -> tuple[Callable[..., Any] | None, s
     """The UI's train handler as run(cfg, serialise) -> the share of its time spent outside
     training, or None and why it is not usable here."""
     try:
+        from demo.app import controls, running
         from demo.app.limits import Limits
         from demo.app.streaming import StopRequests
-        from demo.app import controls, running
         from demo.app.views import training
         from demo.budget.memory import Estimator
     except ImportError as exc:  # the UI is optional: gradio missing, or not written yet

@@ -55,8 +55,9 @@ def imports(path: Path, module: str) -> list[tuple[int, str]]:
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: resolve against the importing module's package
-                package = module.split(".")[: -node.level] if not path.name == "__init__.py" else \
-                    module.split(".")[: len(module.split(".")) - node.level + 1]
+                # A package's __init__ is its own package; a module's package is its parent.
+                keep = len(module.split(".")) - node.level + (path.name == "__init__.py")
+                package = module.split(".")[:keep]
                 base = ".".join(package + ([node.module] if node.module else []))
             else:
                 base = node.module or ""

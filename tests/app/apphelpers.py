@@ -11,7 +11,6 @@ from gradio_client import Client
 from demo.app.limits import Limits
 from demo.app.ui import build_demo, launch
 
-
 LOCAL_URL = re.compile(r"Running on local URL:\s+(http://127\.0\.0\.1:\d+/?)")
 
 

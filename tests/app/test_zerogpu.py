@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from demo.app import running
 from demo.app import zerogpu as gpu
 from demo.app.limits import Limits
-from demo.app import running
 from demo.engine.config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[2]
