@@ -253,15 +253,27 @@ def _measure(
     steps: dict[str, Callable[[], None]], repeats: int, device: torch.device, measure_memory: bool,
     clock: str = "wall", release: Callable[[], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Interleaved timing of every step; ratio to the first step (the baseline) per round."""
+    """Interleaved timing of every step against the first (the baseline).
+
+    `ratio` is the step's median time over the baseline's median time, so the ms and the ratio a
+    reader sees always agree (ms = ratio x the baseline's ms); `ratio_low`/`ratio_high` are the
+    smallest and largest ratio of one round to the same round's baseline, the spread a shared
+    machine puts on it (noisy when that range is wide against the differences shown)."""
     times = interleaved_times(steps, repeats, device, clock)
     baseline = times[next(iter(steps))]
+    baseline_ms = 1e3 * statistics.median(baseline)
     results = {}
     for name, samples in times.items():
+        per_round = [t / b for t, b in zip(samples, baseline, strict=True)]
+        ms = 1e3 * statistics.median(samples)
         results[name] = {
-            "ms_per_step": 1e3 * statistics.median(samples),
+            "ms_per_step": ms,
             "ms_samples": [round(1e3 * t, 4) for t in samples],
-            "ratio": statistics.median(t / b for t, b in zip(samples, baseline, strict=True)),
+            "ms_low": 1e3 * min(samples),
+            "ms_high": 1e3 * max(samples),
+            "ratio": ms / baseline_ms,
+            "ratio_low": min(per_round),
+            "ratio_high": max(per_round),
             "peak_memory_mb": peak_memory_mb(steps[name], device, release) if measure_memory else None,
         }
     return results

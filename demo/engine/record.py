@@ -11,7 +11,8 @@ Schema (also the CLI's `--json`):
     config, device, status, message, dataset, num_parameters,
     history: [{step, epoch, ce_loss, term, weighted_term, train_accuracy,
                jacobian_norm_estimate, samples_per_s, elapsed}],
-    evaluations: [{step, test_accuracy, jacobian_norm, elapsed}],
+    evaluations: [{step, test_accuracy, jacobian_norm (of the logits), elapsed,
+                   jacobian_norm_features (only when the penalty targets the features)}],
     final: {steps, test_accuracy, jacobian_norm, train_accuracy, elapsed, samples_per_s},
     robustness: {noise: [{sigma, accuracy}], fgsm: [{epsilon, accuracy}], pgd: [...], square: [...],
                  unbounded: [...], apgd: [...] (thorough only)},
@@ -63,14 +64,14 @@ class Recorder:
             record["device"] = event.device
             record["dataset"] = event.dataset
             record["num_parameters"] = event.num_parameters
+            # RunConfig.num_classes sets the synthetic set's classes only: the record says the
+            # run's own (10 for digits), not the setting's default.
+            record["config"] = {**record["config"], "num_classes": event.dataset["num_classes"]}
         elif isinstance(event, Progress):
             record["history"].append(asdict(event))
             record["final"] = _partial_final(record)
         elif isinstance(event, Evaluation):
-            record["evaluations"].append(
-                {"step": event.step, "test_accuracy": event.test_accuracy,
-                 "jacobian_norm": event.jacobian_norm, "elapsed": event.elapsed}
-            )
+            record["evaluations"].append(_evaluation_record(event))
             self.state_dict = event.state_dict
             record["final"] = _partial_final(record)
         elif isinstance(event, Robustness):
@@ -91,6 +92,21 @@ class Recorder:
     def stop(self) -> None:
         """The consumer ended the stream before `Finished`: the run is kept as stopped."""
         self.record = kept(self.record)
+
+
+def _evaluation_record(event: Evaluation) -> dict[str, float]:
+    row = {"step": event.step, "test_accuracy": event.test_accuracy, "jacobian_norm": event.jacobian_norm,
+           "elapsed": event.elapsed}
+    if event.jacobian_norm_features is not None:
+        row["jacobian_norm_features"] = event.jacobian_norm_features
+    return row
+
+
+def with_robustness(record: dict[str, Any], results: dict[str, list], checks: list[str], *,
+                    thorough: bool) -> dict[str, Any]:
+    """`record` with new robustness results (a later, thorough evaluation): its config says so."""
+    config = {**record["config"], "thorough": bool(record["config"].get("thorough")) or thorough}
+    return {**record, "config": config, "robustness": results, "robustness_checks": list(checks)}
 
 
 def kept(record: dict[str, Any]) -> dict[str, Any]:

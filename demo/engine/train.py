@@ -80,6 +80,9 @@ class Evaluation:
     test_accuracy: float
     jacobian_norm: float  # mean exact ||J(x)||_F of the logits over a fixed test subset
     elapsed: float
+    # The same for the features before the head, when that is what the penalty targets: the
+    # Jacobian the run actually pulls down. None for a logits run.
+    jacobian_norm_features: float | None = None
     # CPU copy of the weights at this step, so a stopped run keeps a model to inspect.
     state_dict: dict[str, Tensor] = field(repr=False, compare=False, default_factory=dict)
 
@@ -276,7 +279,7 @@ def _run(cfg: RunConfig, model: nn.Module, data: datasets.Dataset, device: torch
 
         # evaluation gate: on schedule, on the main rank, not at the last step (finish evaluates)
         if step % cfg.eval_every == 0 and step != cfg.steps and not out_of_time and distributed.is_main():
-            evaluation = _evaluate(model, data, step, time.perf_counter() - start)
+            evaluation = _evaluate(model, data, step, time.perf_counter() - start, cfg.target)
             # This step's update can break the weights although its loss, computed before the
             # update, was finite: such an evaluation is not kept, and the next report stops the run.
             if _finite(evaluation):
@@ -341,7 +344,7 @@ def _finish(cfg, model, data, so_far: _Progress, status: str, message: str, step
         final = final_metrics(so_far.history, [], step, cfg.batch_size * world)
         yield Finished(status, message, final, tuple(so_far.history), (), {})
         return
-    evaluation = _evaluate(model, data, step, time.perf_counter() - start)
+    evaluation = _evaluate(model, data, step, time.perf_counter() - start, cfg.target)
     so_far.evaluations.append(_eval_record(evaluation))
     yield evaluation
     if cfg.robustness:
@@ -441,7 +444,8 @@ def mean_jacobian_norm(model: nn.Module, x: Tensor) -> float:
     return norms.mean().item()
 
 
-def _evaluate(model: nn.Module, data: datasets.Dataset, step: int, elapsed: float) -> Evaluation:
+def _evaluate(model: nn.Module, data: datasets.Dataset, step: int, elapsed: float, target: str = "logits"
+              ) -> Evaluation:
     was_training = model.training
     model.eval()
     subset = data.x_test[: jacobian_subset_size(data.num_classes)]
@@ -450,6 +454,7 @@ def _evaluate(model: nn.Module, data: datasets.Dataset, step: int, elapsed: floa
         test_accuracy=robustness.accuracy(model, data.x_test, data.y_test),
         jacobian_norm=mean_jacobian_norm(model, subset),
         elapsed=elapsed,
+        jacobian_norm_features=mean_jacobian_norm(model.features, subset) if target == "features" else None,
         state_dict={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
     )
     model.train(was_training)
@@ -457,7 +462,8 @@ def _evaluate(model: nn.Module, data: datasets.Dataset, step: int, elapsed: floa
 
 
 def _finite(evaluation: Evaluation) -> bool:
-    return math.isfinite(evaluation.jacobian_norm) and all(
+    features = evaluation.jacobian_norm_features
+    return math.isfinite(evaluation.jacobian_norm) and (features is None or math.isfinite(features)) and all(
         bool(torch.isfinite(v).all()) for v in evaluation.state_dict.values() if v.is_floating_point()
     )
 
@@ -465,6 +471,8 @@ def _finite(evaluation: Evaluation) -> bool:
 def _eval_record(evaluation: Evaluation) -> dict[str, float]:
     record = asdict(evaluation)
     record.pop("state_dict")
+    if record["jacobian_norm_features"] is None:  # a logits run has one Jacobian to report
+        del record["jacobian_norm_features"]
     return record
 
 

@@ -219,11 +219,19 @@ def test_thread_panel_shows_the_zero_gradient(client):
     assert any(name.startswith("thread") for name in names) and any(name.startswith("ours") for name in names)
 
 
-def test_cost_view_measures_each_method(client):
-    figure, table = client.predict(classes=[10, 30], methods=["projection"], batch_size=8, api_name="/cost")
-    rows = {(row[0], row[1]) for row in table["data"]}
-    assert rows == {("plain", 10), ("projection", 10), ("plain", 30), ("projection", 30)}
+def test_cost_view_measures_each_method_and_its_ms_and_ratio_agree(client):
+    figure, table, note = client.predict(classes=[10, 30], methods=["projection"], batch_size=8, api_name="/cost")
+    rows = [dict(zip(table["headers"], row, strict=True)) for row in table["data"]]
+    assert {(r["method"], r["C"]) for r in rows} == {("plain", 10), ("projection", 10), ("plain", 30),
+                                                      ("projection", 30)}
     assert {trace["name"] for trace in plotly(figure)["data"]} == {"plain", "projection"}
+    # The ratio is the method's ms over the plain step's ms at the same C (to the table's rounding).
+    for r in rows:
+        plain = next(p for p in rows if p["method"] == "plain" and p["C"] == r["C"])
+        assert r["× plain step"] == pytest.approx(r["ms per step"] / plain["ms per step"], abs=0.01, rel=0.01)
+        low, high = (float(v) for v in r["× plain (min–max)"].split("–"))
+        assert 0 < low <= high
+    assert "the two columns agree" in note
 
 
 def test_limits_come_from_the_environment_and_bound_each_run():
@@ -307,13 +315,25 @@ def test_sweep_refuses_bad_strengths_in_plain_words(client):
 
 
 def test_a_thorough_evaluation_adds_apgd_and_keeps_the_results_in_the_run(client):
+    client.predict(dataset="moons", steps=80, robustness=True, penalty=0.0, api_name="/train")
     client.predict(dataset="moons", steps=80, robustness=False, api_name="/train")
-    figure = plotly(client.predict("1", api_name="/thorough"))
+    figure, findings = client.predict("2", api_name="/thorough")
+    figure = plotly(figure)
     assert "APGD (L∞)" in [a["text"] for a in figure["layout"]["annotations"]]
-    json_path, _ = client.predict("1", api_name="/download")
+    # The overlay keeps the other run's curves: both runs are drawn, the thorough one with APGD.
+    assert len({trace["name"] for trace in figure["data"] if trace.get("name")}) == 2
+    json_path, _ = client.predict("2", api_name="/download")
     record = json.loads(Path(json_path).read_text())
     assert {"noise", "fgsm", "pgd", "square", "apgd", "unbounded"} <= set(record["robustness"])
     assert isinstance(record["robustness_checks"], list)
+    assert record["config"]["thorough"] is True  # the record says how it was evaluated
+    assert record["config"]["num_classes"] == 2  # the run's own classes, not the synthetic setting
+    # The findings say, in words, what APGD and Square found against PGD and what the checks said.
+    apgd = {r["epsilon"]: r["accuracy"] for r in record["robustness"]["apgd"]}
+    pgd = {r["epsilon"]: r["accuracy"] for r in record["robustness"]["pgd"]}
+    gap = max(pgd[e] - apgd[e] for e in apgd if e > 0)
+    assert "Run #2, evaluated thoroughly" in findings and "Masking checks" in findings
+    assert ("PGD alone overstated robustness" in findings) == (gap > 0.005)
     with pytest.raises(AppError, match="no run #7"):
         client.predict("7", api_name="/thorough")
 

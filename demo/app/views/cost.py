@@ -28,11 +28,13 @@ __all__ = ["CostView", "measure_cost"]
 
 CLASS_CHOICES = (10, 30, 100, 300, 1000)
 DEFAULT_CLASSES = (10, 100, 1000)
-REPEATS = 3  # interleaved rounds per point; the ratio is their median
+REPEATS = 7  # interleaved rounds per point: enough for a stable median on a shared machine
+# A ratio whose rounds spread wider than this (max/min) is noisier than most differences shown.
+NOISY_SPREAD = 1.5
 MAX_BATCH = 256
 CHUNK_ABOVE = 100  # exact takes its rows in chunks of this size when C is larger (bounds memory)
 COST_GPU_SECONDS = 60  # ZeroGPU allowance for one measurement: a few C values x 5 methods x REPEATS
-TABLE_COLUMNS = ("method", "C", "ms per step", "× plain step")
+TABLE_COLUMNS = ("method", "C", "ms per step", "ms (min–max)", "× plain step", "× plain (min–max)")
 MAX_LIST = 20  # items a list may have before duplicates are dropped (more is not a page's request)
 
 
@@ -52,6 +54,7 @@ class CostView:
     measure: gr.Button
     figure: gr.Plot
     table: gr.Dataframe
+    note: gr.Markdown
 
 
 @partial(on_gpu, duration=lambda *args, **kwargs: COST_GPU_SECONDS)  # ZeroGPU: a GPU worker
@@ -75,7 +78,21 @@ def measure_cost(arch: str, dataset: str, device: str, classes: Sequence[int], m
     classes, methods = sorted({int(c) for c in classes}), list(dict.fromkeys(methods))  # each measured once
     _check_memory(memory, arch, dataset, device, classes[-1], methods, int(batch_size), torch_device)
     for rows in cost_stream(arch, shape, torch_device, classes, methods, int(batch_size)):
-        yield plots.cost_figure(rows), _table(rows)
+        yield plots.cost_figure(rows), _table(rows), noise_note(rows)
+
+
+def noise_note(rows: list[dict]) -> str:
+    """How far to trust the numbers: which ratios spread over their rounds more than NOISY_SPREAD,
+    or that none did. The ms and the × column come from the same medians (ms = × · plain ms)."""
+    noisy = [f"{r['method']} at C = {r['num_classes']} ({r['ratio_low']:.2f}–{r['ratio_high']:.2f}×)"
+             for r in rows if r["method"] != bench.PLAIN and r["ratio_low"] > 0
+             and r["ratio_high"] / r["ratio_low"] > NOISY_SPREAD]
+    head = (f"Medians of {REPEATS} interleaved rounds; each × is that method's median ms over the plain step's "
+            "median ms at the same C, so the two columns agree. ")
+    if not noisy:
+        return head + "Every ratio stayed within its min–max range shown: the differences are real."
+    return head + ("**Noisy:** the machine was busy, and these ratios moved more than the differences between "
+                   "methods: " + "; ".join(noisy) + ". Measure again, or trust only large differences.")
 
 
 def _check(arch, dataset, device, classes, methods, batch_size):
@@ -116,7 +133,8 @@ def _check_memory(memory: Estimator, arch, dataset, device, most_classes, method
 
 def _table(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(
-        [[r["method"], r["num_classes"], round(r["ms_per_step"], 3), round(r["ratio"], 2)] for r in rows],
+        [[r["method"], r["num_classes"], round(r["ms_per_step"], 3), f"{r['ms_low']:.3g}–{r['ms_high']:.3g}",
+          round(r["ratio"], 2), f"{r['ratio_low']:.2f}–{r['ratio_high']:.2f}"] for r in rows],
         columns=list(TABLE_COLUMNS),
     )
 
@@ -141,8 +159,9 @@ def layout() -> CostView:
             measure = gr.Button("Measure", variant="primary", scale=0)
         figure = gr.Plot(label="Cost of a training step against C")
         gr.Markdown(HOW_TO_READ, elem_classes=["jp-hint"])
+        note = gr.Markdown("", elem_classes=["jp-hint"])
         table = gr.Dataframe(pd.DataFrame(columns=list(TABLE_COLUMNS)), label="Measurements", interactive=False)
-    return CostView(classes, methods, batch_size, measure, figure, table)
+    return CostView(classes, methods, batch_size, measure, figure, table, note)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,7 +172,7 @@ def wire(view: CostView, controls: controls_view.Controls, space: limits.Limits,
     view.measure.click(
         partial(measure_cost, memory=memory),
         [controls.arch, controls.dataset, controls.device, view.classes, view.methods, view.batch_size],
-        [view.figure, view.table],
+        [view.figure, view.table, view.note],
         api_name="cost",
         api_description="ms per training step and ratio to a plain step, per estimator and number of outputs C.",
         preprocess=False,  # as /train: our checks see every value as sent (see training.wire)

@@ -13,6 +13,7 @@ from demo.app import inputs, limits, plots
 from demo.app import inspection as inspect
 from demo.app import session as sessions
 from demo.app.streaming import ACCELERATOR
+from demo.engine.record import with_robustness
 from demo.engine.train import robustness_report
 from demo.evaluation.robustness import ATTACKS
 
@@ -33,7 +34,7 @@ HOW_TO_READ = (
 )
 HOW_TO_READ_EXAMPLES = (
     "**How to read this.** Each panel is a perturbed test input with the true label and the run's "
-    'prediction; red titles mark the inputs the perturbation fooled.'
+    "prediction; red titles mark the inputs the perturbation fooled."
 )
 
 
@@ -48,6 +49,7 @@ class RobustnessView:
     show: gr.Button
     examples: gr.Plot
     thorough: gr.Button
+    findings: gr.Markdown
 
 
 def show_robustness(session: dict | None, runs: list[str] | None):
@@ -84,14 +86,44 @@ def show_examples(session: dict | None, run: str, attack: str, strength: float):
 
 def evaluate_thoroughly(session: dict | None, run: str, *, max_runs: int):
     """/thorough: the run's robustness again, with APGD and a longer Square attack on more points;
-    the run's record keeps the new results and masking checks. Returns (session, figure)."""
+    the run's record keeps the new results and masking checks (its config says `thorough`). Returns
+    (session, figure, findings): the overlay of the newest runs, the thorough one among them with
+    its extra panels, and what APGD, Square and the masking checks found, in words."""
     chosen, model = _run_with_model(session, inputs.run_id(run))
     record = chosen["record"]
     report = robustness_report(model, inspect.load_data(record), record["config"]["seed"], thorough_evaluation=True)
-    record = {**record, "robustness": report.results, "robustness_checks": list(report.checks)}
-    session = sessions.with_run(session, {**chosen, "record": record}, max_runs)
-    figure = plots.robustness_figure([(sessions.short_label(chosen), record)], THOROUGH_ATTACKS)
-    return session, figure
+    record = with_robustness(record, report.results, list(report.checks), thorough=True)
+    chosen = {**chosen, "record": record}
+    session = sessions.with_run(session, chosen, max_runs)
+    # The overlay as it was, with this run's new results: no curve of another run vanishes.
+    overlay = [run for run in _chosen(session, None) if run["record"]["config"]["dataset"]
+               == record["config"]["dataset"]]
+    if all(r["id"] != chosen["id"] for r in overlay):
+        overlay.append(chosen)
+    figure = plots.robustness_figure(list(zip(sessions.legend_labels(overlay), (r["record"] for r in overlay),
+                                              strict=True)), THOROUGH_ATTACKS)
+    return session, figure, findings(chosen)
+
+
+def findings(run: dict) -> str:
+    """What the thorough evaluation found, in words: APGD and Square against PGD at each ε, and
+    the masking checks."""
+    results, checks = run["record"]["robustness"], run["record"].get("robustness_checks", [])
+    pgd = {r["epsilon"]: r["accuracy"] for r in results.get("pgd", [])}
+    lines = []
+    for name, label in (("apgd", "APGD"), ("square", "Square (no gradient)")):
+        rows = [r for r in results.get(name, []) if r["epsilon"] in pgd and r["epsilon"] > 0]
+        if not rows:
+            continue
+        worst = min(rows, key=lambda r: r["accuracy"] - pgd[r["epsilon"]])
+        gap = pgd[worst["epsilon"]] - worst["accuracy"]
+        verdict = (f"lowered accuracy below PGD's by up to {gap:.3f} (at ε = {worst['epsilon']:g}: "
+                   f"{worst['accuracy']:.3f} against {pgd[worst['epsilon']]:.3f}), so PGD alone overstated robustness"
+                   if gap > 0.005 else "found nothing PGD had not: PGD's curve holds")
+        lines.append(f"- **{label}** {verdict}.")
+    lines.append("- **Masking checks:** " + ("; ".join(checks) if checks else
+                                              "none raised (the attacks' gradients look informative)."))
+    return f"**Run #{run['id']}, evaluated thoroughly.**\n" + "\n".join(lines)
 
 
 def _run_with_model(session: dict | None, run: str) -> tuple[dict, Any]:
@@ -139,11 +171,12 @@ def layout() -> RobustnessView:
             show = gr.Button("Show perturbed inputs", scale=0)
             thorough = gr.Button("Evaluate thoroughly", scale=0)
         gr.Markdown("*Evaluate thoroughly* attacks the chosen run again with APGD (AutoAttack's step-size-free "
-                    "PGD) and a longer Square attack on more points, and redraws the curves above for it; it takes "
-                    "seconds to a minute.", elem_classes=["jp-hint"])
+                    "PGD) and a longer Square attack on more points, and adds them to the curves above; it takes "
+                    "seconds to a minute. What it found is said here:", elem_classes=["jp-hint"])
+        findings = gr.Markdown("")
         examples = gr.Plot(label="Perturbed test inputs and the run's predictions")
         gr.Markdown(HOW_TO_READ_EXAMPLES, elem_classes=["jp-hint"])
-    return RobustnessView(tab, runs, figure, run, attack, strength, show, examples, thorough)
+    return RobustnessView(tab, runs, figure, run, attack, strength, show, examples, thorough, findings)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,7 +208,7 @@ def wire(view: RobustnessView, session: gr.State, space: limits.Limits) -> None:
     view.thorough.click(
         partial(evaluate_thoroughly, max_runs=space.max_runs),
         [session, view.run],
-        [session, view.figure],
+        [session, view.figure, view.findings],
         api_name="thorough",
         api_description="A run's robustness with APGD and a longer Square attack added; the masking checks.",
         preprocess=False,

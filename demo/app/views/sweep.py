@@ -39,11 +39,13 @@ DEFAULT_EPSILON = sweeps.DEFAULT_EPSILON["image"]
 MAX_STRENGTHS = 10
 TABLE_COLUMNS = ("regulariser", "strength", "clean acc", "PGD acc", "Square acc", "‖J‖_F", "ms/step", "Pareto")
 HOW_TO_READ = (
-    "**How to read this.** Left: each run is a point, clean accuracy across, accuracy under PGD at the "
-    "chosen ε up; the labels are the strengths; stars and the dotted line are the Pareto front (no other "
-    "run is better on both). Up and to the right is better. Right: the mean exact ‖J‖_F on a test subset "
-    "against the strength, both on log axes (strength 0 sits a decade left of the smallest other one). "
-    "The ms/step column is the cost per training step of each run."
+    "**How to read this.** Two panels (side by side; stacked on a phone). The trade-off: each run is a "
+    "point, clean accuracy across, accuracy under PGD at the chosen ε up; the labels are the strengths; "
+    "stars and the dotted line are the Pareto front (no other run is better on both). Up and to the right "
+    "is better. ‖J‖ against strength: the mean exact ‖J‖_F on a test subset against the strength, both on "
+    "log axes (strength 0 sits a decade left of the smallest other one). The ms/step column is the cost per "
+    "training step of each run. Strength 0 is trained once (the baseline of every regulariser) and spectral "
+    "normalisation once (it is on or off)."
 )
 
 

@@ -30,9 +30,12 @@ from demo.engine.train import resolve_device
 __all__ = ["Handlers", "TrainingView", "status_html", "wire"]
 
 HOW_TO_READ = (
-    "**How to read this.** Left: the two terms of the loss, cross-entropy and λ × penalty, on a log scale. "
-    "Middle: train and test accuracy. Right: ‖J‖_F, the estimator's value on each batch and the exact mean "
-    "on a test subset, on a log scale: the penalty should pull it down while accuracy holds. For 2-D data, "
+    "**How to read this.** Three panels (side by side; one above the other on a phone). The loss: its two "
+    "terms, cross-entropy and λ × R (R the penalty's estimate of ‖J‖_F²), on a log scale. Accuracy: train and "
+    "test. ‖J‖_F: the estimator's value on each batch and the exact mean "
+    "on a test subset, on a log scale (of the features when the penalty targets them). Compare it with λ = 0: "
+    "when the session holds such a run of the same model it is drawn beside, since ‖J‖ can grow while the "
+    "model learns even under the penalty, only less. For 2-D data, "
     "the field below colours ‖J(x)‖_F over the plane with the decision boundary and the test points."
 )
 
@@ -73,12 +76,32 @@ class Handlers:
     def _update(self, session: dict, run: dict, points: data.Dataset | None) -> tuple:
         """(session, status, curves, field): the field is redrawn when `points` are given."""
         field = gr.skip() if points is None else _field(run["record"], run["weights"], points)
+        drawn = [(plots.run_label(run["record"]), run["record"])]
+        baseline = reference_run(session, run)
+        if baseline is not None:  # the contrast the penalty makes, on the same axes
+            drawn.append((f"λ = 0 (run #{baseline['id']})", baseline["record"]))
         return (
             sessions.with_run(session, run, self.space.max_runs),
             status_html(run),
-            plots.steps_figure([(plots.run_label(run["record"]), run["record"])], plots.TRAINING_PANELS),
+            plots.steps_figure(drawn, plots.TRAINING_PANELS),
             field,
         )
+
+
+def reference_run(session: dict | None, run: dict[str, Any]) -> dict | None:
+    """The session's newest finished run that trained the same model without any regulariser
+    (λ = 0, same dataset, architecture, target and classes): the Training tab draws it beside a
+    penalised run, so a ‖J‖ that rises while λ > 0 is seen against the one it would have had."""
+    cfg = run["record"]["config"]
+    if cfg["penalty"] == 0:
+        return None
+    same = ("dataset", "arch", "target", "num_classes", "width", "depth")
+    for other in reversed((session or {}).get("runs", [])):
+        other_cfg = other["record"]["config"]
+        if (other["id"] != run["id"] and other_cfg["penalty"] == 0 and other["record"]["status"] == COMPLETED
+                and all(other_cfg.get(k) == cfg.get(k) for k in same)):
+            return other
+    return None
 
 
 def status_html(run: dict[str, Any]) -> str:
@@ -114,8 +137,11 @@ def _numbers(record: dict[str, Any]) -> str:
     last, parts = evaluations[-1], []
     if finite(last.get("test_accuracy")):
         parts.append(f"test accuracy {last['test_accuracy']:.3f}")
+    if finite(last.get("jacobian_norm_features")):  # the Jacobian the penalty targets, first
+        parts.append(f"mean ‖J‖<sub>F</sub> of the features {last['jacobian_norm_features']:.3g}")
     if finite(last.get("jacobian_norm")):
-        parts.append(f"mean ‖J‖<sub>F</sub> {last['jacobian_norm']:.3g}")
+        of = " of the logits" if "jacobian_norm_features" in last else ""
+        parts.append(f"mean ‖J‖<sub>F</sub>{of} {last['jacobian_norm']:.3g}")
     if not parts:
         return ""
     when = "" if last["step"] == record.get("final", {}).get("steps") else f" (evaluated at step {last['step']})"
