@@ -2,13 +2,17 @@
 visitor picks another dataset or architecture.
 
 Both come from demo.budget.pace: the engine runs a few steps of the chosen settings here and times them
-(once per kind of run; the app keeps the measurements). The probe waits for the accelerator like
-any run, so it never slows a run in progress, nor is its timing disturbed by one.
+(at most pace.PROBE_CAP_S; the app keeps a measurement for pace.STALE_S). The probe waits for the
+accelerator like any run, so it never slows a run in progress, nor is its timing disturbed by one.
+While it measures, the line says so. The estimate is a range from the spread of the timed steps.
+`refuse_if_too_long` is what Train and Sweep ask before they start: a run that cannot finish
+within the app's time limit, even at the fast end of its range, is refused with the steps that fit.
 """
 
 from __future__ import annotations
 
 import html
+import inspect
 from typing import Any
 
 import gradio as gr
@@ -16,13 +20,14 @@ import gradio as gr
 from demo.app import controls as controls_view
 from demo.app import limits
 from demo.app.streaming import ACCELERATOR
+from demo.budget import pace as pace_module
 from demo.budget.memory import Estimator
 from demo.budget.pace import Pace, Paces
 from demo.engine import data
 from demo.engine.config import ConfigError, RunConfig
 from demo.engine.train import resolve_device
 
-__all__ = ["describe", "estimate", "fit", "wire"]
+__all__ = ["describe", "estimate", "fit", "fitting_steps", "refuse_if_too_long", "seconds_text", "wire"]
 
 # The settings that change how long a run takes (λ only by being 0 or not).
 TIMED_FIELDS = ("dataset", "arch", "penalty", "method", "num_projections", "target", "steps", "batch_size",
@@ -45,16 +50,46 @@ def evaluations(cfg: RunConfig) -> int:
 
 
 def describe(cfg: RunConfig, pace: Pace) -> str:
-    seconds = pace.seconds(cfg.steps, evaluations(cfg))
+    low, high = pace.seconds_range(cfg.steps, evaluations(cfg))
     device = "GPU" if resolve_device(cfg.device).type == "cuda" else "CPU"
-    text = (f"{cfg.dataset} · {cfg.arch} · {cfg.steps} steps: about {_duration(seconds)} here on the {device} "
+    span = _duration(low) if _duration(low) == _duration(high) else f"{_duration(low)} to {_duration(high)}"
+    text = (f"{cfg.dataset} · {cfg.arch} · {cfg.steps} steps: about {span} here on the {device} "
             f"({pace.step_s * 1e3:.3g} ms a step")
     if cfg.robustness:
         text += f", {_duration(pace.robustness_s)} for the robustness checks"
-    text += "; measured on a few steps)"
-    if seconds > cfg.time_budget > 0:
-        text += f". This app stops a run after {_duration(cfg.time_budget)}: fewer steps would finish"
+    text += "; measured on a few steps just now" if pace.complete else \
+        "; a few steps measured, the evaluations and attacks extrapolated from them"
+    text += ")"
+    if low > cfg.time_budget > 0:
+        text += (f". This app stops a run after {_duration(cfg.time_budget)}, so Train will refuse it: "
+                 f"about {fitting_steps(cfg, pace)} steps fit")
+    elif high > cfg.time_budget > 0:
+        text += f". This app stops a run after {_duration(cfg.time_budget)}: it may be cut short"
     return text + "."
+
+
+def fitting_steps(cfg: RunConfig, pace: Pace) -> int:
+    """The most steps whose run fits cfg's time budget at the fast end of its range (at least 1)."""
+    step = pace.step_low_s if pace.step_low_s is not None else pace.step_s
+    spare = cfg.time_budget - pace.robustness_s - evaluations(cfg) * pace.evaluation_s
+    return max(1, int(spare / max(step, 1e-9)))
+
+
+def refuse_if_too_long(cfg: RunConfig, pace: Pace, what: str = "This run") -> None:
+    """ConfigError in plain words when `cfg` cannot finish within its time budget even at the fast
+    end of its measured range: refused before it starts, not cut after minutes."""
+    low, _ = pace.seconds_range(cfg.steps, evaluations(cfg))
+    if cfg.time_budget > 0 and low > cfg.time_budget:
+        raise ConfigError(
+            f"{what} would take about {_duration(low)} here ({pace.step_s * 1e3:.3g} ms a step, measured just now), "
+            f"and this app stops a run after {_duration(cfg.time_budget)}. About {fitting_steps(cfg, pace)} steps "
+            "fit; or choose a cheaper method (projection does not grow with the outputs), or run it on your own "
+            "machine (python -m demo train).")
+
+
+def seconds_text(seconds: float) -> str:
+    """A duration as the page writes it: 4.6 s, 38 s, 3 min."""
+    return _duration(seconds)
 
 
 def _duration(seconds: float) -> str:
@@ -65,13 +100,17 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min"
 
 
-def estimate(*values: Any, space: limits.Limits, paces: Paces, memory: Estimator) -> str:
-    """The line under Steps. Never an error toast: while someone types, a half-made value is normal."""
+def estimate(*values: Any, space: limits.Limits, paces: Paces, memory: Estimator):
+    """The line under Steps: "Measuring…" first when a probe must run, then the estimate. Never an
+    error toast: while someone types, a half-made value is normal."""
     try:
         cfg = _config(dict(zip(TIMED_FIELDS, values, strict=True)), space)
-        return _line(describe(cfg, _pace(cfg, paces, memory)))
+        if paces.cached(cfg) is None:
+            yield _line(f"Measuring how long {cfg.dataset} · {cfg.arch} · {cfg.method} takes here "
+                        f"(a few steps, at most {pace_module.PROBE_CAP_S:g} s)…")
+        yield _line(describe(cfg, _pace(cfg, paces, memory)))
     except (ConfigError, data.DatasetUnavailable) as exc:
-        return _line(f"No estimate: {exc}")
+        yield _line(f"No estimate: {exc}")
 
 
 def fit(*values: Any, space: limits.Limits, paces: Paces, memory: Estimator):
@@ -117,6 +156,12 @@ def wire(controls: controls_view.Controls, space: limits.Limits, paces: Paces, m
 
 
 def _bind(fn, deps):
+    if inspect.isgeneratorfunction(fn):  # gradio streams a generator's updates: keep it one
+        def streaming(*values):
+            yield from fn(*values, **deps)
+
+        return streaming
+
     def handler(*values):
         return fn(*values, **deps)
 

@@ -121,12 +121,13 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
         estimator = memory.Estimator()
         # One registry of Stop requests per app: it describes running handlers, keyed by session.
         stops = StopRequests()  # one per app: Train's and Sweep's Stop
-        train_event = training_view.wire(training, controls, session, space, estimator, stops)
+        paces = pace.Paces()  # one per app: the estimate under Steps and Train's refusal read the same
+        train_event = training_view.wire(training, controls, session, space, estimator, stops, paces)
         jacobian_view.wire(jacobian, session)
         robustness_view.wire(robustness, session, space)
         runs_view.wire(runs, session)
-        duration_view.wire(controls, space, pace.Paces(), estimator, demo.load)
-        sweep_event = sweep_view.wire(sweep, controls, session, space, estimator, stops)
+        duration_view.wire(controls, space, paces, estimator, demo.load)
+        sweep_event = sweep_view.wire(sweep, controls, session, space, estimator, stops, paces)
         thread_view.wire(thread, controls, space, estimator)
         cost_view.wire(cost, controls, space, estimator)
 

@@ -12,6 +12,7 @@ import re
 import threading
 import time
 
+import gradio as gr
 import pytest
 
 from demo.app import controls as controls_view
@@ -108,7 +109,7 @@ def test_a_stop_after_a_run_ended_does_not_stop_the_next_run():
 
 
 def handler(**limits) -> Handlers:
-    return Handlers(Limits(**limits), Estimator(), StopRequests())
+    return Handlers(Limits(**limits), Estimator(), StopRequests(), pace.Paces())
 
 
 def train_values(**changes) -> dict:
@@ -216,7 +217,7 @@ def fit(steps, suggested, **changes):
 def test_another_architecture_gets_the_steps_that_fit_unless_the_visitor_chose_their_own():
     steps, line, suggested = fit(1500, 1500, arch="lenet")  # Steps still holds the page's suggestion
     assert isinstance(steps, int) and steps == suggested
-    assert re.search(rf"digits · lenet · {steps} steps: about [\d.]+ (s|min) here on the CPU", line)
+    assert re.search(rf"digits · lenet · {steps} steps: about [\d.]+ (s|min)( to [\d.]+ (s|min))? here on the CPU", line)
     kept_steps, line, unchanged = fit(777, 1500, arch="lenet")  # the visitor typed 777
     assert not isinstance(kept_steps, int) and not isinstance(unchanged, int)  # gr.skip(): left alone
     assert "lenet · 777 steps" in line
@@ -224,8 +225,8 @@ def test_another_architecture_gets_the_steps_that_fit_unless_the_visitor_chose_t
 
 def test_the_estimate_says_why_not_instead_of_failing():
     values = {**TRAIN_VALUES, "steps": -3, "robustness": False, "num_classes": 100}
-    line = duration.estimate(*[values[name] for name in duration.TIMED_FIELDS], space=Limits(),
-                             paces=pace.Paces(), memory=Estimator())
+    [line] = duration.estimate(*[values[name] for name in duration.TIMED_FIELDS], space=Limits(),
+                               paces=pace.Paces(), memory=Estimator())
     assert "No estimate" in line and "steps" in line
 
 
@@ -234,3 +235,46 @@ def test_the_estimate_warns_when_the_app_would_stop_the_run_first():
     text = duration.describe(cfg, pace.Pace(step_s=0.01, evaluation_s=0.0, robustness_s=0.0))
     assert "stops a run after 1.0 s" in text
     assert math.isclose(float(re.search(r"about ([\d.]+) s", text).group(1)), 10.0)
+
+
+def test_the_estimate_says_measuring_first_and_then_uses_the_fresh_measurement():
+    values = {**TRAIN_VALUES, "dataset": "moons", "steps": 300, "robustness": False, "num_classes": 100}
+    args = [values[name] for name in duration.TIMED_FIELDS]
+    paces = pace.Paces()
+    first = list(duration.estimate(*args, space=Limits(), paces=paces, memory=Estimator()))
+    assert len(first) == 2 and "Measuring how long moons" in first[0] and "about" in first[1]
+    again = list(duration.estimate(*args, space=Limits(), paces=paces, memory=Estimator()))
+    assert again == [first[1]]  # measured a moment ago: no probe, no "measuring"
+
+
+def test_a_probe_cut_by_its_cap_extrapolates_and_says_so():
+    cfg = RunConfig(dataset="moons", robustness=True)
+    cut = pace.measure(cfg, cap_s=0.0)  # the cap comes at the first step
+    assert not cut.complete
+    assert cut.evaluation_s == pytest.approx(pace.EVALUATION_STEPS * cut.step_s)
+    assert cut.robustness_s == pytest.approx(pace.ROBUSTNESS_STEPS * cut.step_s)
+    assert "extrapolated" in duration.describe(controls_view.config_from({"dataset": "moons"}, Limits()), cut)
+    whole = pace.measure(cfg)
+    assert whole.complete and whole.step_low_s <= whole.step_s <= whole.step_high_s
+
+
+def test_the_estimate_is_a_range_from_the_spread_of_the_timed_steps():
+    cfg = controls_view.config_from({"steps": 1000, "robustness": False}, Limits())
+    measured = pace.Pace(step_s=0.01, evaluation_s=0.0, robustness_s=0.0, step_low_s=0.008, step_high_s=0.02)
+    low, high = measured.seconds_range(1000, duration.evaluations(cfg))
+    assert (low, high) == pytest.approx((8.0, 20.0))
+    assert "about 8.0 s to 20 s" in duration.describe(cfg, measured)
+
+
+def test_a_run_that_cannot_finish_within_the_limit_is_refused_before_it_starts():
+    handlers = handler(max_seconds=1.0)
+    cfg = controls_view.config_from(train_values(steps=20_000), handlers.space)
+    measured = handlers.paces.get(cfg)
+    expected = duration.fitting_steps(cfg, measured)
+    with pytest.raises(gr.Error) as refused:
+        list(handlers.train(None, train_values(steps=20_000), request=None))
+    text = str(refused.value)
+    assert "stops a run after 1.0 s" in text and f"About {expected} steps fit" in text
+    # The fitting count does fit: it is the run the message offers.
+    fits = cfg.replace(steps=expected)
+    assert measured.seconds_range(fits.steps, duration.evaluations(fits))[0] <= 1.0

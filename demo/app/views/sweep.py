@@ -20,12 +20,13 @@ import gradio as gr
 import pandas as pd
 
 from demo.app import controls as controls_view
-from demo.app import inputs, limits, plots
+from demo.app import duration, inputs, limits, plots
 from demo.app import session as sessions
 from demo.app.controls import POINT_SETS
 from demo.app.running import follow, visitor, wire_stop
 from demo.app.streaming import ACCELERATOR, HEAVY, SKIP, StopRequests
 from demo.budget.memory import Estimator
+from demo.budget.pace import Paces
 from demo.engine import data
 from demo.engine import sweep as sweeps
 from demo.engine.config import MAX_PENALTY, REGULARIZERS
@@ -80,12 +81,17 @@ class Handlers:
     space: limits.Limits
     memory: Estimator
     stops: StopRequests
+    paces: Paces
 
     def sweep(self, session: dict | None, values: dict[str, Any], strengths: Any = DEFAULT_STRENGTHS,
               regularizers: Any = None, epsilon: Any = DEFAULT_EPSILON, *, request: gr.Request = None):
         """/sweep: the controls' settings (λ aside) + strengths, regularisers and the PGD ε of the robust
         accuracy -> one run per distinct (regulariser, strength), streamed as (session, status, figure, table)."""
         configs, epsilon = self._configs(values, strengths, regularizers, epsilon)
+        total = self._total_seconds(configs)
+        # Before the first run: how long the whole sweep will take, from the same measurements.
+        yield (gr.skip(), f'<div class="jp-sweep-status">{len(configs)} runs, about {duration.seconds_text(total)} in '
+               "total here: starting the first…</div>", gr.skip(), gr.skip())
         records: list[dict] = []
         with self.stops.running(visitor(request)) as stop, inputs.plain_errors():
             for index, cfg in enumerate(configs, start=1):
@@ -120,7 +126,11 @@ class Handlers:
                                      distinct=True)
             for cfg in configs:  # each regulariser's cost differs; the strength does not change memory
                 self.memory.check(cfg, data.class_count(cfg.dataset, cfg.num_classes), resolve_device(cfg.device))
+                duration.refuse_if_too_long(cfg, self.paces.get(cfg), f"The {_what(cfg.to_dict())} run")
         return configs, epsilon
+
+    def _total_seconds(self, configs) -> float:
+        return sum(self.paces.get(cfg).seconds(cfg.steps, duration.evaluations(cfg)) for cfg in configs)
 
 
 def _status(index: int, total: int, record: dict, done: bool = False, records: list[dict] | None = None,
@@ -193,9 +203,9 @@ def layout() -> SweepView:
 
 
 def wire(view: SweepView, controls: controls_view.Controls, session: gr.State, space: limits.Limits,
-         memory: Estimator, stops: StopRequests):
+         memory: Estimator, stops: StopRequests, paces: Paces):
     """Run sweep (api_name "sweep") and its Stop; returns the sweep event for chaining."""
-    handlers = Handlers(space, memory, stops)
+    handlers = Handlers(space, memory, stops, paces)
     after = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default)
              for name, default in (("strengths", DEFAULT_STRENGTHS), ("regularizers", None),
                                    ("epsilon", DEFAULT_EPSILON))]

@@ -15,13 +15,14 @@ from typing import Any
 import gradio as gr
 
 from demo.app import controls as controls_view
-from demo.app import inputs, limits, plots
+from demo.app import duration, inputs, limits, plots
 from demo.app import inspection as inspect
 from demo.app import session as sessions
 from demo.app.controls import POINT_SETS
 from demo.app.running import follow, visitor, wire_stop
 from demo.app.streaming import ACCELERATOR, SKIP, StopRequests
 from demo.budget.memory import Estimator
+from demo.budget.pace import Paces
 from demo.engine import data
 from demo.engine.config import RunConfig
 from demo.engine.record import COMPLETED, RUNNING, STOPPED, finite
@@ -57,6 +58,7 @@ class Handlers:
     space: limits.Limits
     memory: Estimator
     stops: StopRequests
+    paces: Paces
 
     def train(self, session: dict | None, values: dict[str, Any], *, request: gr.Request = None):
         """/train: UI values -> RunConfig -> follow -> (session, status, curves, field)."""
@@ -64,6 +66,8 @@ class Handlers:
             cfg = controls_view.config_from(values, self.space)
             # Before anything is allocated: a run that would not fit is refused, not killed mid-way.
             self.memory.check(cfg, data.class_count(cfg.dataset, cfg.num_classes), resolve_device(cfg.device))
+            # ... and one that cannot finish within the app's time limit is refused, not cut.
+            duration.refuse_if_too_long(cfg, self.paces.get(cfg))
             points = data.load(cfg.dataset, seed=cfg.seed, noise=cfg.noise) if cfg.dataset in POINT_SETS else None
         with self.stops.running(visitor(request)) as stop, inputs.plain_errors():
             session, run_id = sessions.reserve_run(session)
@@ -189,9 +193,9 @@ def layout_tab(defaults: RunConfig, buttons: tuple[gr.Button, gr.Button, gr.HTML
 
 
 def wire(view: TrainingView, controls: controls_view.Controls, session: gr.State, space: limits.Limits,
-         memory: Estimator, stops: StopRequests):
+         memory: Estimator, stops: StopRequests, paces: Paces):
     """Train (api_name "train") and Stop; returns the train event for chaining."""
-    handlers = Handlers(space, memory, stops)
+    handlers = Handlers(space, memory, stops, paces)
     train_event = view.train.click(
         controls_view.config_handler(handlers.train),
         [session, *controls.inputs()],
