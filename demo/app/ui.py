@@ -136,7 +136,8 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
         copy.click(None, controls.inputs(), link, js=sharing.copy_link_js(), api_visibility="private")
         targets = {**dict(zip(controls_view.CONFIG_FIELDS, controls.inputs(), strict=True)), "tab": tabs,
                    "sweep_strengths": sweep.strengths, "sweep_regularizers": sweep.regularizers,
-                   "cost_classes": cost.classes, "cost_methods": cost.methods}
+                   "sweep_epsilon": sweep.epsilon, "sweep_status": sweep.status, "thread_numbers": thread.numbers,
+                   "cost_classes": cost.classes, "cost_methods": cost.methods, "cost_note": cost.note}
         for name, button in presets.items():
             button.click(partial(sharing.preset_values, name, list(targets)), None, list(targets.values()),
                          api_visibility="private", queue=False, show_progress="hidden")

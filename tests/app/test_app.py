@@ -21,7 +21,7 @@ from gradio_client.exceptions import AppError
 from safetensors.torch import load_file
 
 from demo.app import session as sessions
-from demo.app.controls import config_from
+from demo.app.controls import CONFIG_FIELDS, config_from
 from demo.app.limits import Limits
 from demo.app.streaming import HEAVY, SKIP, Throttle
 from demo.engine import data
@@ -74,9 +74,6 @@ def test_every_endpoint_is_named_and_train_has_defaults(client):
 def test_the_handlers_signatures_follow_config_fields(client):
     """/train and /sweep take their parameters from CONFIG_FIELDS (config_handler), with RunConfig's
     defaults: adding a field there adds it to both endpoints."""
-    from demo.app.controls import CONFIG_FIELDS
-    from demo.engine.config import RunConfig
-
     named = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
     train = named["/train"]["parameters"]
     assert [p["parameter_name"] for p in train] == list(CONFIG_FIELDS)
@@ -359,3 +356,26 @@ def test_the_robustness_overlay_draws_runs_of_one_dataset(client):
     assert names == {"#2 λ=0.01 projection"}  # the newest run's dataset (moons); #1 (digits) left out
     figure = plotly(client.predict(["1"], api_name="/robustness"))
     assert {trace["name"] for trace in figure["data"]} == {"#1 λ=0.01 projection"}
+
+
+def test_presets_say_their_settings_are_ready_and_name_what_they_set():
+    from demo.app import sharing
+    from demo.engine import sweep as sweeps
+
+    targets = [*CONFIG_FIELDS, "tab", "sweep_strengths", "sweep_regularizers", "sweep_epsilon",
+               "sweep_status", "thread_numbers", "cost_classes", "cost_methods", "cost_note"]
+    for name, preset in sharing.PRESETS.items():
+        values = dict(zip(targets, sharing.preset_values(name, targets), strict=True))
+        RunConfig.from_mapping(preset["controls"])  # every preset's settings are a valid run
+        ready = sharing.READY_TARGETS[preset["tab"]]
+        assert "Settings ready" in values[ready], name
+        others = [t for t in sharing.READY_TARGETS.values() if t != ready]
+        assert all(not isinstance(values[t], str) for t in others), name  # other tabs are left alone
+        if preset["tab"] == "sweep":  # the count a preset announces is the count the sweep trains
+            base = RunConfig.from_mapping(preset["controls"])
+            strengths = [float(s) for s in preset["sweep_strengths"].split(",")]
+            runs = sweeps.configs(base, strengths, preset["sweep_regularizers"], distinct=True)
+            counted = re.search(r"(\d+) runs", preset["ready"])
+            assert counted is None or int(counted.group(1)) == len(runs), name
+    thousand = sharing.PRESETS["1000 classes: cost flat in C"]["controls"]
+    assert (thousand["dataset"], thousand["num_classes"]) == ("synthetic", 1000)  # visibly 1000 classes
