@@ -34,7 +34,7 @@ CONFIG_FIELDS = (
     "steps", "batch_size", "lr", "seed", "device", "robustness", "num_classes",
 )
 LAMBDA_PRESETS = (0.0, 1e-4, 1e-3, 0.01, 0.1, 1.0)
-POINT_SETS = frozenset(name for name in data.DATASETS if data.input_shape(name) == (2,))
+POINT_SETS = data.point_sets()
 MAX_UI_PROJECTIONS = 16
 SYNTHETIC = "synthetic"  # the one set whose class count is a setting
 # About this many progress reports per run (each is a curve point and a cancellation point for

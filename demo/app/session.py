@@ -21,6 +21,8 @@ from typing import Any
 
 import pandas as pd
 
+from demo.engine import data
+from demo.engine import sweep as sweeps
 from demo.engine.record import kept, to_json
 
 __all__ = [
@@ -41,8 +43,8 @@ Session = dict[str, Any]
 FOLDER_PREFIX = "jacobian-playground-"
 LEGEND_FIELDS = ("dataset", "arch", "regularizer", "seed")  # named in a legend when they differ
 TABLE_COLUMNS = (
-    "run", "status", "dataset", "arch", "λ", "method", "target", "steps", "seed",
-    "test acc", "‖J‖_F", "time (s)", "device",
+    "run", "status", "dataset", "arch", "regulariser", "λ", "method", "target", "steps", "seed",
+    "test acc", "PGD ε", "PGD acc", "Square acc", "‖J‖_F", "time (s)", "device",
 )
 
 
@@ -123,15 +125,22 @@ def choices(session: Session | None) -> list[tuple[str, str]]:
 
 
 def table(session: Session | None) -> pd.DataFrame:
-    """One row per run: configuration summary, status, test accuracy, ‖J‖_F, time."""
+    """One row per run: configuration summary (the regulariser and its strength), status, test
+    accuracy, robust accuracy under PGD and Square at the ε where an unregularised model of that
+    kind of data is not already robust (demo.engine.sweep.DEFAULT_EPSILON), ‖J‖_F, time."""
     rows = []
     for run in (session or new_session())["runs"]:
         record, cfg = run["record"], run["record"]["config"]
         final = record.get("final", {})
+        epsilon = sweeps.DEFAULT_EPSILON["points" if cfg["dataset"] in data.point_sets() else "image"]
+        measured = bool(record.get("robustness"))
         rows.append(
             [
-                run["id"], record["status"], cfg["dataset"], cfg["arch"], cfg["penalty"], cfg["method"],
-                cfg["target"], final.get("steps", 0), cfg["seed"], _rounded(final.get("test_accuracy"), 4),
+                run["id"], record["status"], cfg["dataset"], cfg["arch"], cfg.get("regularizer", "jacobian"),
+                cfg["penalty"], cfg["method"], cfg["target"], final.get("steps", 0), cfg["seed"],
+                _rounded(final.get("test_accuracy"), 4), epsilon if measured else None,
+                _rounded(sweeps.at_epsilon(record, "pgd", epsilon), 4) if measured else None,
+                _rounded(sweeps.at_epsilon(record, "square", epsilon), 4) if measured else None,
                 _rounded(final.get("jacobian_norm"), 4), _rounded(final.get("elapsed"), 2), record.get("device", ""),
             ]
         )

@@ -127,6 +127,11 @@ def input_shape(name: str) -> tuple[int, ...]:
     return _SHAPES[name]
 
 
+def point_sets() -> frozenset[str]:
+    """The 2-D point sets (spirals, moons, ...): drawn as fields, attacked at larger epsilons."""
+    return frozenset(name for name in DATASETS if input_shape(name) == (2,))
+
+
 def data_root(root: str | os.PathLike[str] | None = None) -> Path:
     """Where torchvision datasets live: `root`, else $JACOBIAN_DATA_DIR, else DEFAULT_ROOT."""
     chosen = root if root is not None else os.environ.get(DATA_DIR_VARIABLE) or DEFAULT_ROOT

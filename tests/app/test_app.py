@@ -379,3 +379,18 @@ def test_presets_say_their_settings_are_ready_and_name_what_they_set():
             assert counted is None or int(counted.group(1)) == len(runs), name
     thousand = sharing.PRESETS["1000 classes: cost flat in C"]["controls"]
     assert (thousand["dataset"], thousand["num_classes"]) == ("synthetic", 1000)  # visibly 1000 classes
+
+
+def test_the_runs_table_names_the_regulariser_and_the_robust_accuracy():
+    record = new_record(RunConfig(dataset="moons", regularizer="input_gradient", penalty=0.1))
+    record["final"] = {"test_accuracy": 0.9, "steps": 10}
+    record["robustness"] = {"pgd": [{"epsilon": e, "accuracy": a} for e, a in ((0.1, 0.8), (0.2, 0.6))],
+                            "square": [{"epsilon": e, "accuracy": a} for e, a in ((0.1, 0.85), (0.2, 0.7))]}
+    plain = new_record(RunConfig(robustness=False))
+    table = sessions.table({"runs": [{"id": 1, "record": record, "weights": {}},
+                                     {"id": 2, "record": plain, "weights": {}}]})
+    first, second = table.to_dict("records")
+    # Moons is attacked at the ε where an unregularised model is not already robust: 0.2.
+    assert (first["regulariser"], first["PGD ε"], first["PGD acc"], first["Square acc"]) == (
+        "input_gradient", 0.2, 0.6, 0.7)
+    assert second["regulariser"] == "jacobian" and math.isnan(second["PGD acc"])  # not measured: empty
