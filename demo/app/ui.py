@@ -27,7 +27,7 @@ from starlette.middleware import Middleware
 from demo.app import controls as controls_view
 from demo.app import duration as duration_view
 from demo.app import limits as limits_module
-from demo.app import page, server, sharing
+from demo.app import page, server, sharing, visitors
 from demo.app import session as sessions
 from demo.app.streaming import StopRequests
 from demo.app.views import cost as cost_view
@@ -95,7 +95,10 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
     with gr.Blocks(title=TITLE, delete_cache=(expiry, expiry)) as demo:
         session = gr.State(sessions.new_session(), time_to_live=space.session_ttl,
                            delete_callback=sessions.delete_files)
+        # The visitor's token (demo.app.visitors): the key of their runs on this server.
+        browser = gr.BrowserState({"visitor": ""}, storage_key="jp-visitor")
         gr.Markdown(INTRO)
+        welcome = gr.Markdown("", elem_classes=["jp-hint"])
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
                 controls = controls_view.layout(defaults)
@@ -124,16 +127,24 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
         paces = pace.Paces()  # one per app: the estimate under Steps and Train's refusal read the same
         train_event = training_view.wire(training, controls, session, space, estimator, stops, paces)
         jacobian_view.wire(jacobian, session)
-        robustness_view.wire(robustness, session, space)
+        thorough_event = robustness_view.wire(robustness, session, space)
         runs_view.wire(runs, session)
         duration_view.wire(controls, space, paces, estimator, demo.load)
         sweep_event = sweep_view.wire(sweep, controls, session, space, estimator, stops, paces)
         thread_view.wire(thread, controls, space, estimator)
         cost_view.wire(cost, controls, space, estimator)
 
-        # The URL's settings on load; "Copy link" writes them; presets set controls and open a tab.
-        demo.load(sharing.from_url, None, controls.inputs(), api_visibility="private", show_progress="hidden")
-        copy.click(None, controls.inputs(), link, js=sharing.copy_link_js(), api_visibility="private")
+        # On load: a returning visitor's runs and controls (demo.app.visitors), else the URL's settings;
+        # "Copy link" writes them; presets set controls and open a tab.
+        page_handlers = visitors.PageHandlers(
+            visitors.Visitors(ttl=space.session_ttl, capacity=space.max_sessions), controls_view.CONFIG_FIELDS,
+            sharing.from_url)
+        loaded = demo.load(page_handlers.load, [browser, session], [browser, session, *controls.inputs(), welcome],
+                           api_visibility="private", show_progress="hidden")
+        gr.on([c.change for c in controls.inputs()], page_handlers.save_controls, [browser, *controls.inputs()],
+              None, api_visibility="private", show_progress="hidden", queue=False, trigger_mode="always_last")
+        copy.click(None, controls.inputs(), link, js=sharing.copy_link_js(), api_visibility="private") \
+            .then(page_handlers.save_link, [browser, link], None, api_visibility="private", queue=False)
         targets = {**dict(zip(controls_view.CONFIG_FIELDS, controls.inputs(), strict=True)), "tab": tabs,
                    "sweep_strengths": sweep.strengths, "sweep_regularizers": sweep.regularizers,
                    "sweep_epsilon": sweep.epsilon, "sweep_status": sweep.status, "thread_numbers": thread.numbers,
@@ -144,7 +155,11 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
 
         views = (jacobian, robustness, runs)
         refreshed = list(refresh_views(views, None))  # the components whose choices follow the runs
-        for event in (train_event, sweep_event):
+        for event in (train_event, sweep_event, thorough_event):
+            # Kept for the visitor's next visit (a reload, a closed tab), then the views follow.
+            event.then(page_handlers.save_session, [browser, session], None, api_visibility="private",
+                       show_progress="hidden", queue=False)
+        for event in (train_event, sweep_event, loaded):
             refreshed_event = event.then(partial(refresh_views, views), session, refreshed,
                                          api_visibility="private", show_progress="hidden")
             # The panels that show "the newest run" (or a chosen one) redraw for the new runs, even

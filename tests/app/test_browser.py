@@ -621,3 +621,36 @@ def test_settings_say_how_long_a_run_takes_and_refusals_leave_the_page_as_it_was
         expect(panel.get_by_text(re.compile(r"#2 λ=0.01 projection: predicts"))).to_be_visible(timeout=VIEW_MS)
     finally:
         context.close()
+
+
+def test_a_reload_keeps_the_runs_and_the_controls_as_they_were_on_screen(browser, server, problems):
+    context, page = new_page(browser, server, problems, VIEWPORT)
+    try:
+        control(page, "Steps").fill("10")
+        control(page, "Measure robustness at the end (noise, FGSM, PGD)").uncheck()
+        train_button(page).click()
+        expect(status(page)).to_contain_text(re.compile(r"Run #1 .*Finished 10 steps"), timeout=RUN_MS)
+        expect(train_button(page)).to_be_enabled(timeout=VIEW_MS)
+        control(page, "Seed").fill("42")  # changed on screen after the run
+        control(page, "Seed").blur()
+        page.wait_for_timeout(500)  # the change reaches the server (no queue: at once)
+        page.reload()
+        expect(train_button(page)).to_be_visible(timeout=VIEW_MS)
+        expect(page.get_by_text("Welcome back: your 1 run(s) are as you left them.")).to_be_visible(timeout=VIEW_MS)
+        expect(control(page, "Seed")).to_have_value("42", timeout=VIEW_MS)
+        expect(control(page, "Steps")).to_have_value("10")
+        open_tab(page, "Runs")
+        page.get_by_role("button", name="Refresh", exact=True).click()
+        rows = page.get_by_role("grid", name="This session's runs").get_by_role("row")
+        expect(rows).to_have_count(2, timeout=VIEW_MS)  # the header and run #1
+        # Another browser (its own storage) sees none of them.
+        other, stranger = new_page(browser, server, problems, VIEWPORT)
+        try:
+            open_tab(stranger, "Runs")
+            stranger.get_by_role("button", name="Refresh", exact=True).click()
+            expect(stranger.get_by_role("grid", name="This session's runs").get_by_role("row")).to_have_count(
+                1, timeout=VIEW_MS)
+        finally:
+            other.close()
+    finally:
+        context.close()

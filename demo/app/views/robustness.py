@@ -183,7 +183,8 @@ def layout() -> RobustnessView:
 # Wiring
 
 
-def wire(view: RobustnessView, session: gr.State, space: limits.Limits) -> None:
+def wire(view: RobustnessView, session: gr.State, space: limits.Limits):
+    """The tab's events; returns the thorough evaluation's (it changes the session's runs)."""
     gr.on(
         [view.tab.select, view.runs.change],
         show_robustness,
@@ -205,7 +206,7 @@ def wire(view: RobustnessView, session: gr.State, space: limits.Limits) -> None:
         trigger_mode="always_last",
         preprocess=False,
     )
-    view.thorough.click(
+    return view.thorough.click(
         partial(evaluate_thoroughly, max_runs=space.max_runs),
         [session, view.run],
         [session, view.figure, view.findings],

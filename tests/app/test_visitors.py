@@ -1,0 +1,83 @@
+"""A visitor's runs survive a reload: the store behind the browser's token (demo.app.visitors)."""
+
+from __future__ import annotations
+
+import time
+
+from demo.app.visitors import PageHandlers, Visitors
+
+
+def store(**kwargs) -> tuple[Visitors, list]:
+    dropped: list = []
+    return Visitors(ttl=kwargs.get("ttl", 60.0), capacity=kwargs.get("capacity", 10), on_drop=dropped.append), dropped
+
+
+def test_a_returning_token_brings_back_the_session_and_the_controls():
+    visitors, _ = store()
+    token, session, controls = visitors.restore(None)  # a first visit: a new token, nothing kept
+    assert session is None and controls == {} and len(token) >= 40
+    kept = {"runs": [{"id": 1}], "next_id": 2, "folder": ""}
+    visitors.save_session({"visitor": token}, kept)
+    visitors.save_controls({"visitor": token}, {"steps": 300, "dataset": "moons"})
+    again, session, controls = visitors.restore({"visitor": token})
+    assert again == token and session is kept and controls == {"steps": 300, "dataset": "moons"}
+
+
+def test_a_token_the_store_did_not_hand_out_reads_and_writes_nothing():
+    visitors, _ = store()
+    owner, _, _ = visitors.restore(None)
+    visitors.save_session({"visitor": owner}, {"runs": [{"id": 1}]})
+    for forged in ({"visitor": "guess"}, {"visitor": owner[:-1]}, {"visitor": 5}, "x" * 10, None, {}):
+        visitors.save_session(forged, {"runs": ["planted"]})
+        token, session, _ = visitors.restore(forged)
+        assert token != owner and session is None  # a stranger gets a fresh, empty visit
+    assert visitors.restore({"visitor": owner})[1] == {"runs": [{"id": 1}]}
+
+
+def test_entries_expire_after_their_time_to_live_and_beyond_capacity_oldest_first():
+    visitors, dropped = store(ttl=0.05)
+    token, _, _ = visitors.restore(None)
+    visitors.save_session({"visitor": token}, {"runs": [], "folder": "a"})
+    time.sleep(0.1)
+    assert visitors.restore({"visitor": token})[0] != token  # expired: a new token
+    assert {"runs": [], "folder": "a"} in dropped  # its download folder goes with it
+
+    visitors, dropped = store(capacity=2)
+    tokens = [visitors.restore(None)[0] for _ in range(3)]
+    assert len(visitors) == 2 and visitors.restore({"visitor": tokens[0]})[0] != tokens[0]
+    assert visitors.restore({"visitor": tokens[2]})[0] == tokens[2]
+
+
+def test_the_page_load_restores_the_controls_as_they_were_and_a_new_visit_reads_the_link():
+    visitors, _ = store()
+    link_values = ["from-link"] * 2
+    page = PageHandlers(visitors, ("dataset", "steps"), lambda request: link_values)
+    browser, session, *controls, note = page.load(None, None)
+    assert session != {"runs": []} and controls == link_values and note == ""  # new: the link's settings
+    page.save_controls(browser, "moons", 300)
+    page.save_session(browser, {"runs": [{"id": 1}, {"id": 2}]})
+    again, session, *controls, note = page.load(browser, None)
+    assert again == browser and session == {"runs": [{"id": 1}, {"id": 2}]}
+    assert controls == ["moons", 300] and "2 run(s)" in note  # what was on screen, not the old link
+
+
+class Request:
+    def __init__(self, **query):
+        self.query_params = query
+
+
+def test_a_shared_link_sets_the_controls_but_the_visitors_own_stale_link_does_not():
+    visitors, _ = store()
+    page = PageHandlers(visitors, ("dataset", "seed"), lambda request: ["link"] * 2)
+    browser, *_ = page.load(None, None, Request())
+    page.save_link(browser, "http://127.0.0.1:7860/?dataset=moons&seed=8")
+    page.save_controls(browser, "digits", 9)  # changed on screen after copying
+    # The address bar still holds the visitor's own copy: what was on screen comes back.
+    _, _, *controls, _ = page.load(browser, None, Request(dataset="moons", seed="8"))
+    assert controls == ["digits", 9]
+    # Someone else's link: its settings.
+    _, _, *controls, _ = page.load(browser, None, Request(dataset="spirals", seed="1"))
+    assert controls == ["link", "link"]
+    # No link at all: the screen as it was.
+    _, _, *controls, _ = page.load(browser, None, Request())
+    assert controls == ["digits", 9]
