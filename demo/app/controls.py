@@ -15,6 +15,7 @@ import dataclasses
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import gradio as gr
@@ -24,6 +25,7 @@ import models
 from demo.app import limits
 from demo.engine import data
 from demo.engine.config import DEVICES, MAX_CLASSES, TARGETS, RunConfig
+from demo.engine.data import POINT_SETS
 from jacobian_penalty import METHODS
 
 __all__ = ["CONFIG_FIELDS", "Controls", "POINT_SETS", "config_from", "config_handler", "layout", "method_hint", "wire"]
@@ -34,7 +36,6 @@ CONFIG_FIELDS = (
     "steps", "batch_size", "lr", "seed", "device", "robustness", "num_classes",
 )
 LAMBDA_PRESETS = (0.0, 1e-4, 1e-3, 0.01, 0.1, 1.0)
-POINT_SETS = data.point_sets()
 MAX_UI_PROJECTIONS = 16
 SYNTHETIC = "synthetic"  # the one set whose class count is a setting
 # About this many progress reports per run (each is a curve point and a cancellation point for
@@ -131,8 +132,8 @@ def config_handler(fn: Callable, *, before: tuple[str, ...] = ("session",), afte
     return handler
 
 
-_FIELD_TYPES = {f.name: {"str": str, "int": int, "float": float, "bool": bool}[f.type]
-                for f in dataclasses.fields(RunConfig)}
+_FIELD_TYPES = MappingProxyType({f.name: {"str": str, "int": int, "float": float, "bool": bool}[f.type]
+                                  for f in dataclasses.fields(RunConfig)})
 
 
 def method_hint(method: str) -> str:

@@ -132,7 +132,7 @@ def table(session: Session | None) -> pd.DataFrame:
     for run in (session or new_session())["runs"]:
         record, cfg = run["record"], run["record"]["config"]
         final = record.get("final", {})
-        epsilon = sweeps.DEFAULT_EPSILON["points" if cfg["dataset"] in data.point_sets() else "image"]
+        epsilon = sweeps.DEFAULT_EPSILON["points" if cfg["dataset"] in data.POINT_SETS else "image"]
         measured = bool(record.get("robustness"))
         rows.append(
             [

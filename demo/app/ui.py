@@ -100,14 +100,13 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
         gr.Markdown(INTRO)
         welcome = gr.Markdown("", elem_classes=["jp-hint"])
         with gr.Row():
-            with gr.Column(scale=1, min_width=320):
-                # "jp-settings": on a phone the page script folds it, so the tabs and results come first.
-                with gr.Accordion("Settings", open=True, elem_id="jp-settings"):
-                    controls = controls_view.layout(defaults)
-                    with gr.Accordion("Share and presets", open=False):
-                        link = gr.Textbox(label="Link to these settings", interactive=False, buttons=["copy"])
-                        copy = gr.Button("Copy link", size="sm")
-                        presets = {name: gr.Button(name, size="sm") for name in sharing.PRESETS}
+            # "jp-settings": on a phone the page script folds it, so the tabs and results come first.
+            with gr.Column(scale=1, min_width=320), gr.Accordion("Settings", open=True, elem_id="jp-settings"):
+                controls = controls_view.layout(defaults)
+                with gr.Accordion("Share and presets", open=False):
+                    link = gr.Textbox(label="Link to these settings", interactive=False, buttons=["copy"])
+                    copy = gr.Button("Copy link", size="sm")
+                    presets = {name: gr.Button(name, size="sm") for name in sharing.PRESETS}
             with gr.Column(scale=3):
                 buttons = training_view.layout_buttons()
                 with gr.Tabs() as tabs:

@@ -63,6 +63,8 @@ _SHAPES = MappingProxyType(
         "cifar10": (3, 32, 32),
     }
 )
+# The 2-D point sets (spirals, moons, ...): drawn as fields, attacked at larger epsilons.
+POINT_SETS = frozenset(name for name, shape in _SHAPES.items() if shape == (2,))
 
 PIXEL_RANGE = (0.0, 1.0)
 DATA_DIR_VARIABLE = "JACOBIAN_DATA_DIR"
@@ -125,11 +127,6 @@ def input_shape(name: str) -> tuple[int, ...]:
     """The shape of one example of dataset `name` (no batch dim), without loading it."""
     _check_name(name)
     return _SHAPES[name]
-
-
-def point_sets() -> frozenset[str]:
-    """The 2-D point sets (spirals, moons, ...): drawn as fields, attacked at larger epsilons."""
-    return frozenset(name for name in DATASETS if input_shape(name) == (2,))
 
 
 def data_root(root: str | os.PathLike[str] | None = None) -> Path:

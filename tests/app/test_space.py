@@ -112,5 +112,5 @@ def test_app_file_defines_a_module_level_demo_without_launching(config):
     demo = module.demo
     assert isinstance(demo, gr.Blocks)
     assert not demo.is_running, "importing app_file must not start a server"
-    named = {dep.get("api_name") for dep in demo.engine.config["dependencies"]}
+    named = {dep.get("api_name") for dep in demo.config["dependencies"]}
     assert "train" in named
