@@ -12,11 +12,12 @@ from typing import Any
 __all__ = ["COLORS", "MIN_ACCURACY_SPAN", "accuracy_range", "color", "label_clusters", "log_ticks", "tick_text"]
 
 # One colour per run for the 20 runs a session may hold (demo.app.limits): the ten of Tableau
-# (matplotlib's default cycle) and ten darker or rarer hues, none of them a shade of another.
+# (matplotlib's default cycle) and ten darker or rarer hues, each pair apart by more than 80 in
+# the summed RGB channels (tests/app/test_plots.py).
 # Red stays second: the masking warnings and "fooled" titles use it.
 COLORS = (
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22",
-    "#000080", "#800000", "#006400", "#b8860b", "#4b0082", "#008b8b", "#ff1493", "#2f4f4f", "#9acd32", "#a0522d",
+    "#000080", "#800000", "#006400", "#808000", "#008080", "#ff1493", "#2f4f4f", "#800080", "#000000", "#00ff7f",
 )
 # An accuracy axis spans at least ten points (0.1): narrower, one test image of a few hundred
 # moves a point across a tenth of the panel and reads as a collapse.

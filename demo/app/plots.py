@@ -601,7 +601,9 @@ def _layout(fig: go.Figure, title: str | None) -> go.Figure:
         title=title,
         height=HEIGHT,
         margin={"l": 50, "r": 20, "t": 60 if title else 40, "b": 40},
-        legend={"orientation": "h", "y": -0.2},
+        # Hung by its top under the x titles: a long legend (many runs) grows downwards and
+        # plotly widens the bottom margin for it, rather than growing up over "step".
+        legend={"orientation": "h", "y": -0.2, "yanchor": "top", "groupclick": "toggleitem"},
         template="plotly_white",
         uirevision="keep",  # keep zoom across updates where the front end allows it
     )
