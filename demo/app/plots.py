@@ -12,6 +12,12 @@ Builders:
 - `field_figure(fields, points)`: ‖J(x)‖_F over the plane, the decision boundary, the data.
 - `examples_figure(examples)`: perturbed inputs with their predictions.
 - `cost_figure(rows, metrics)`: a training step's cost of each estimator against C.
+- `tradeoff_figure(rows, epsilon)`: a sweep's clean against robust accuracy, and ‖J‖_F against the strength.
+
+Axes come from `demo.app.axes` (log ticks that enclose the data, accuracy spans, run colours), and
+every ‖J‖_F says which Jacobian it is: the penalty's estimate is of the run's config `target`,
+plain `jacobian_norm` is of the logits (demo.engine.train.Evaluation), and extra record keys such
+as `jacobian_norm_features` are drawn too, labelled (see `panel_series`).
 """
 
 from __future__ import annotations
@@ -34,16 +40,21 @@ __all__ = [
     "COST_METRICS",
     "Panel",
     "Series",
+    "TARGET",
     "THREAD_PANELS",
     "TRAINING_PANELS",
     "cost_figure",
     "examples_figure",
     "field_figure",
     "jacobian_figure",
-    "robustness_figure",
+    "log_ticks",
     "message_figure",
+    "of_the",
+    "panel_series",
+    "robustness_figure",
     "run_label",
     "steps_figure",
+    "tradeoff_figure",
 ]
 
 Record = Mapping[str, Any]
@@ -275,7 +286,7 @@ def robustness_figure(runs: Sequence[Run], attacks: Sequence[str] = ("noise", "f
                 row=1,
                 col=col,
             )
-        fig.update_xaxes(title_text="σ" if strength == "sigma" else "ε", row=1, col=col)
+        fig.update_xaxes(title_text="σ" if strength == "sigma" else "ε", rangemode="tozero", row=1, col=col)
     fig.update_yaxes(title_text="test accuracy", range=[0, 1.02], row=1, col=1)
     fig = _layout(fig, None)
     # The signs of gradient masking the runs' records hold, under the panels, in words.
