@@ -59,7 +59,9 @@ SCRIPT = f"""() => {{
   const titled = (a) => a.xref === "paper" && a.yref === "paper" && typeof a.text === "string";
   const stack = (gd, full, xs, ys) => {{
     const order = xs.map((k, i) => [k, ys[i]]).sort((a, b) => full[a[0]].domain[0] - full[b[0]].domain[0]);
-    const legend = gd.querySelector(".legend");  // drawn at this width already: its height stays
+    // The legend (at the figure's foot, demo.app.plots) keeps its height at this width: the
+    // figure grows by it, so the stacked panels keep theirs.
+    const legend = gd.querySelector(".legend");
     const legendHeight = legend ? legend.getBoundingClientRect().height : 0;
     const n = order.length, gap = 0.35 / n, update = {{height: n * PANEL + 90 + legendHeight}};
     const centres = order.map(([x]) => (full[x].domain[0] + full[x].domain[1]) / 2);
@@ -75,8 +77,6 @@ SCRIPT = f"""() => {{
       const i = centres.findIndex((c) => Math.abs(c - a.x) < 0.05);
       return i < 0 ? a : {{...a, x: 0.5, y: 1 - i / n - gap / 4, yanchor: "bottom"}};
     }});
-    update["legend.y"] = 0;  // under the last panel's x title (in its gap), growing downwards
-    update["legend.yanchor"] = "top";
     window.Plotly.relayout(gd, update);
     gd.data.forEach((t, j) => {{  // colour bars follow their panel
       if (!t.colorbar && !(t.marker && t.marker.colorbar)) return;

@@ -72,6 +72,9 @@ RED, GREEN = COLORS[1], COLORS[2]  # wrong (a fooled input, a masking warning); 
 # "Something went wrong with axis scaling", and the page stopped updating (the Jacobian tab after a
 # dataset change). tests/app/test_browser.py walks that sequence.
 EMPTY_HEIGHT = HEIGHT
+# The legend's rows, estimated to grow the figure by LEGEND_ROW_PX a row beyond two: each entry
+# is its symbol and gap plus its text (plotly's 12 px font).
+LEGEND_WIDTH_PX, LEGEND_ENTRY_PX, LEGEND_CHAR_PX, LEGEND_ROW_PX = 800, 45, 6.5, 21
 TARGET = "target"  # a series of the Jacobian the run penalises: its config's `target`
 JACOBIANS = ("logits", "features")
 # Keys a record's history or evaluations may add to name a Jacobian outright, e.g.
@@ -286,7 +289,7 @@ def robustness_figure(runs: Sequence[Run], attacks: Sequence[str] = ("noise", "f
                 row=1,
                 col=col,
             )
-        fig.update_xaxes(title_text="σ" if strength == "sigma" else "ε", rangemode="tozero", row=1, col=col)
+        fig.update_xaxes(title_text="σ" if strength == "sigma" else "ε", row=1, col=col)
     fig.update_yaxes(title_text="test accuracy", range=[0, 1.02], row=1, col=1)
     fig = _layout(fig, None)
     # The signs of gradient masking the runs' records hold, under the panels, in words.
@@ -607,14 +610,35 @@ def message_figure(message: str) -> go.Figure:
     return _layout(fig, None).update_layout(height=EMPTY_HEIGHT)
 
 
+def _legend_rows(fig: go.Figure) -> int:
+    """About how many rows the horizontal legend takes across LEGEND_WIDTH_PX (a desktop's tab;
+    a phone's stacked figure grows by the legend's drawn height, demo.app.page)."""
+    widths = [LEGEND_ENTRY_PX + LEGEND_CHAR_PX * len(t.name or "") for t in fig.data
+              if t.showlegend is not False and t.name and _first_entry(fig, t)]
+    rows, used = (1, 0.0) if widths else (0, 0.0)
+    for width in widths:
+        if used and used + width > LEGEND_WIDTH_PX:
+            rows, used = rows + 1, 0.0
+        used += width
+    return rows
+
+
+def _first_entry(fig: go.Figure, trace) -> bool:
+    """Plotly shows one legend entry per (name, group) with showlegend left on."""
+    return next(t for t in fig.data if t.name == trace.name and t.legendgroup == trace.legendgroup
+                and t.showlegend is not False) is trace
+
+
 def _layout(fig: go.Figure, title: str | None) -> go.Figure:
+    if title:  # only then: gradio's Plot gives any figure with a layout.title, even {}, a 100 px top margin
+        fig.update_layout(title=title)
     fig.update_layout(
-        title=title,
-        height=HEIGHT,
+        height=HEIGHT + LEGEND_ROW_PX * max(0, _legend_rows(fig) - 2),  # the panels keep their height
         margin={"l": 50, "r": 20, "t": 60 if title else 40, "b": 40},
-        # Hung by its top under the x titles: a long legend (many runs) grows downwards and
-        # plotly widens the bottom margin for it, rather than growing up over "step".
-        legend={"orientation": "h", "y": -0.2, "yanchor": "top", "groupclick": "toggleitem"},
+        # At the foot of the figure (container coordinates), growing upwards: plotly widens the
+        # bottom margin for it, so however many rows it takes it sits under the x titles, never
+        # over them (hung from the plot in paper units, it climbed onto "step" when the plot was short).
+        legend={"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom", "groupclick": "toggleitem"},
         template="plotly_white",
         uirevision="keep",  # keep zoom across updates where the front end allows it
     )

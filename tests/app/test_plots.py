@@ -369,10 +369,18 @@ def test_accuracy_panels_with_points_keep_a_ten_point_span_within_0_and_1():
     assert compare.layout.yaxis2.range[0] < 0.5 < 0.75 < compare.layout.yaxis2.range[1]
 
 
-def test_the_legend_hangs_below_the_axis_titles():
-    fig = plots.steps_figure([(f"run {i}", record(i / 10)) for i in range(12)], plots.COMPARE_PANELS)
-    # Anchored by its top below the plot, a long legend grows downwards, never up over "step".
-    assert fig.layout.legend.yanchor == "top" and fig.layout.legend.y < 0
+def test_the_legend_sits_at_the_foot_of_the_figure_and_the_figure_grows_for_it():
+    def compare(n):
+        return plots.steps_figure([(f"#{i} λ={i / 1000:g} projection, mlp/digits", record(i / 1000))
+                                   for i in range(n)], plots.COMPARE_PANELS)
+    legend = compare(12).layout.legend
+    # At the figure's foot (container coordinates): plotly makes room for it under the x titles;
+    # hung from the plot in paper units, a long legend climbed onto "step".
+    assert (legend.yref, legend.y, legend.yanchor) == ("container", 0, "bottom")
+    # Twenty runs' names take several rows: the figure grows so that its panels do not shrink.
+    assert compare(1).layout.height == plots.HEIGHT < compare(12).layout.height < compare(20).layout.height
+    # gradio's Plot gives a figure with any layout.title (even an empty one) a 100 px top margin.
+    assert "title" not in compare(2).to_plotly_json()["layout"]
 
 
 def test_twenty_runs_get_twenty_colours():
