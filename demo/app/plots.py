@@ -192,8 +192,7 @@ def steps_figure(runs: Sequence[Run], panels: Sequence[Panel], *, title: str | N
     """One subplot per panel, metrics against the step. With one run, colours tell the series
     apart; with several, colours tell the runs apart and dashes the series (a panel with one
     series names its curves after the runs alone). A ‖J‖_F curve says which Jacobian it is: in
-    its panel's titles, its hover text, and (one run) its legend group's title, or (several runs
-    of different Jacobians) its name."""
+    its panel's titles and hover text, and in its name where the panel draws two Jacobians."""
     per_panel = [[panel_series(panel, record) for _, record in runs] for panel in panels]
     jacobians = [[s.of for lines in runs_series for s in lines if s.of] for runs_series in per_panel]
     titles = [_fill(panel.title, of) for panel, of in zip(panels, jacobians, strict=True)]
@@ -212,20 +211,21 @@ def steps_figure(runs: Sequence[Run], panels: Sequence[Panel], *, title: str | N
                     name, color = series.label, axes.color(colour_index + slot)
                 else:
                     name = label if len(slots) == 1 else f"{label} · {series.label}"
-                    name += f" {of_the([series.of])}" if mixed and series.of else ""
                     color = axes.color(r_index)
-                group = f"‖J‖_F {of_the([series.of])}" if single and series.of else name
+                # Two Jacobians in one panel (a features target): each curve names its own. With
+                # one, the panel's titles name it (a legend group title per Jacobian would stack
+                # the legend three rows deep).
+                name += f" {of_the([series.of])}" if mixed and series.of else ""
                 fig.add_trace(
                     go.Scatter(
                         x=[e["step"] for e in points],
                         y=[e[series.key] for e in points],
                         name=name,
-                        legendgroup=group,
-                        legendgrouptitle={"text": group} if group != name and _first_group(fig, group) else None,
-                        showlegend=_first_use(fig, name, group),
+                        legendgroup=name,
+                        showlegend=_first_use(fig, name),
                         mode="lines+markers" if series.source == "evaluations" else "lines",
                         line={"color": color, "dash": "solid" if single else DASHES[slot % len(DASHES)]},
-                        hovertemplate=f"{name}{' ' + of_the([series.of]) if series.of else ''}"
+                        hovertemplate=f"{name}{' ' + of_the([series.of]) if series.of and not mixed else ''}"
                                       "<br>step %{x}: %{y:.4g}<extra></extra>",
                     ),
                     row=1,
@@ -521,14 +521,8 @@ def _image_axes(fig: go.Figure) -> None:
         fig.layout[axis].update(scaleanchor=trace.xaxis, constrain="domain")
 
 
-def _first_use(fig: go.Figure, name: str, group: str | None = None) -> bool:
-    """Whether no trace of this legend entry (name, within its group) is in the legend yet."""
-    return not any(trace.name == name and trace.legendgroup == (group or name) and trace.showlegend is not False
-                   for trace in fig.data)
-
-
-def _first_group(fig: go.Figure, group: str) -> bool:
-    return not any(trace.legendgroup == group for trace in fig.data)
+def _first_use(fig: go.Figure, name: str) -> bool:
+    return not any(trace.name == name and trace.showlegend is not False for trace in fig.data)
 
 
 def _finite(value: Any) -> bool:
@@ -630,15 +624,16 @@ def _first_entry(fig: go.Figure, trace) -> bool:
 
 
 def _layout(fig: go.Figure, title: str | None) -> go.Figure:
-    if title:  # only then: gradio's Plot gives any figure with a layout.title, even {}, a 100 px top margin
-        fig.update_layout(title=title)
     fig.update_layout(
+        # Even None leaves layout.title as {}: gradio's Plot then gives the figure a 100 px top
+        # margin, under the component's label, which otherwise covers the panel titles.
+        title=title,
         height=HEIGHT + LEGEND_ROW_PX * max(0, _legend_rows(fig) - 2),  # the panels keep their height
         margin={"l": 50, "r": 20, "t": 60 if title else 40, "b": 40},
         # At the foot of the figure (container coordinates), growing upwards: plotly widens the
         # bottom margin for it, so however many rows it takes it sits under the x titles, never
         # over them (hung from the plot in paper units, it climbed onto "step" when the plot was short).
-        legend={"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom", "groupclick": "toggleitem"},
+        legend={"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom"},
         template="plotly_white",
         uirevision="keep",  # keep zoom across updates where the front end allows it
     )

@@ -379,8 +379,6 @@ def test_the_legend_sits_at_the_foot_of_the_figure_and_the_figure_grows_for_it()
     assert (legend.yref, legend.y, legend.yanchor) == ("container", 0, "bottom")
     # Twenty runs' names take several rows: the figure grows so that its panels do not shrink.
     assert compare(1).layout.height == plots.HEIGHT < compare(12).layout.height < compare(20).layout.height
-    # gradio's Plot gives a figure with any layout.title (even an empty one) a 100 px top margin.
-    assert "title" not in compare(2).to_plotly_json()["layout"]
 
 
 def test_twenty_runs_get_twenty_colours():
@@ -419,8 +417,8 @@ def test_perturbed_titles_are_red_where_the_input_fooled_the_model():
     assert all(a.font.color is None for a in annotations[:3])  # the labels above stay plain
 
 
-def legend_groups(fig) -> dict[str, str]:
-    return {t.name: t.legendgroup for t in fig.data if t.xaxis == "x3"}
+def jacobian_curves(fig) -> dict[str, list]:
+    return {t.name: list(t.y) for t in fig.data if t.xaxis == "x3"}
 
 
 def test_a_features_target_run_is_never_drawn_as_the_logits_jacobian():
@@ -428,15 +426,15 @@ def test_a_features_target_run_is_never_drawn_as_the_logits_jacobian():
     rec["config"]["target"] = "features"
     fig = plots.steps_figure([("run", rec)], plots.TRAINING_PANELS)
     # The penalty's estimate is of the features; the exact value (demo.engine.train) of the logits.
-    assert legend_groups(fig) == {"estimate (train batch)": "‖J‖_F of the features",
-                                  "exact (test subset)": "‖J‖_F of the logits"}
-    titled = [t.legendgrouptitle.text for t in fig.data if t.xaxis == "x3" and t.legendgrouptitle.text]
-    assert titled == ["‖J‖_F of the features", "‖J‖_F of the logits"]
+    assert jacobian_curves(fig) == {"estimate (train batch) of the features": [12.0, 22.0, 32.0],
+                                    "exact (test subset) of the logits": [7.0, 5.0]}
     assert fig.layout.annotations[2].text == "‖J‖_F of the features and logits"
     assert fig.layout.yaxis3.title.text == "‖J‖_F of the features and logits"
-    assert all("of the" in t.hovertemplate for t in fig.data if t.xaxis == "x3")
+    # One Jacobian: the panel's titles and the hover text name it; the names stay short.
     logits = plots.steps_figure([("run", record(0.01))], plots.TRAINING_PANELS)
-    assert set(legend_groups(logits).values()) == {"‖J‖_F of the logits"}
+    assert list(jacobian_curves(logits)) == ["estimate (train batch)", "exact (test subset)"]
+    assert logits.layout.annotations[2].text == logits.layout.yaxis3.title.text == "‖J‖_F of the logits"
+    assert all("of the logits" in t.hovertemplate for t in logits.data if t.xaxis == "x3")
 
 
 def test_a_record_with_both_exact_norms_draws_both_labelled():
@@ -445,14 +443,14 @@ def test_a_record_with_both_exact_norms_draws_both_labelled():
     for e in rec["evaluations"]:
         e["jacobian_norm_features"] = e["jacobian_norm"] / 4
     fig = plots.steps_figure([("run", rec)], plots.TRAINING_PANELS)
-    exact = [t for t in fig.data if t.xaxis == "x3" and t.name == "exact (test subset)"]
-    assert {t.legendgroup: list(t.y) for t in exact} == {"‖J‖_F of the logits": [7.0, 5.0],
-                                                           "‖J‖_F of the features": [1.75, 1.25]}
-    # Several runs: a panel mixing Jacobians names them in the curves' names.
-    other = record(0.0)
-    runs = plots.steps_figure([("a", rec), ("b", other)], plots.TRAINING_PANELS)
+    curves = jacobian_curves(fig)
+    assert curves["exact (test subset) of the logits"] == [7.0, 5.0]
+    assert curves["exact (test subset) of the features"] == [1.75, 1.25]
+    # Several runs: each curve is named after its run, its series and, the panel mixing two, its Jacobian.
+    runs = plots.steps_figure([("a", rec), ("b", record(0.0))], plots.TRAINING_PANELS)
     names = [t.name for t in runs.data if t.xaxis == "x3"]
     assert "a · estimate (train batch) of the features" in names and "b · exact (test subset) of the logits" in names
+    assert "b · estimate (train batch) of the logits" in names  # run b penalises the logits
 
 
 def test_the_sweep_and_compare_name_the_jacobian_they_draw():
