@@ -76,7 +76,6 @@ EMPTY_HEIGHT = HEIGHT
 # is its symbol and gap plus its text (plotly's 12 px font).
 LEGEND_WIDTH_PX, LEGEND_ENTRY_PX, LEGEND_CHAR_PX, LEGEND_ROW_PX = 800, 45, 6.5, 21
 TARGET = "target"  # a series of the Jacobian the run penalises: its config's `target`
-JACOBIANS = ("logits", "features")
 # Keys a record's history or evaluations may add to name a Jacobian outright, e.g.
 # "jacobian_norm_features" (exact) or "jacobian_norm_estimate_logits"; plain "jacobian_norm" is
 # the logits' (demo.engine.train.Evaluation) and "jacobian_norm_estimate" the penalty's target's.
