@@ -49,7 +49,7 @@ def load_data(record: Mapping[str, Any]) -> datasets.Dataset:
 def example_jacobian(model: nn.Module, dataset: datasets.Dataset, index: int) -> dict[str, Any]:
     """J(x) of test example `index` (taken modulo the test set size), with the input and the
     model's prediction: {"jacobian": (C, *input_shape), "input", "label", "prediction",
-    "probabilities" (C,), "class_names", "kind", "index"}."""
+    "probabilities" (C,), "class_names", "kind", "index", "of": "logits" (the Jacobian's outputs)}."""
     index = int(index) % len(dataset.x_test)
     x = dataset.x_test[index : index + 1]  # (1, *input_shape)
     jac = per_sample_jacobian(model, x)[0]  # (C, *input_shape)
@@ -64,6 +64,7 @@ def example_jacobian(model: nn.Module, dataset: datasets.Dataset, index: int) ->
         "class_names": list(dataset.class_names),
         "kind": dataset.kind,
         "index": index,
+        "of": "logits",
     }
 
 
@@ -81,8 +82,9 @@ def grid(points: torch.Tensor, resolution: int = FIELD_RESOLUTION, margin: float
 def norm_field(model: nn.Module, points: torch.Tensor, resolution: int = FIELD_RESOLUTION) -> dict[str, Any]:
     """‖J(x)‖_F and the predicted class on a grid over the points' bounding box.
 
-    Returns {"xs" (R,), "ys" (R,), "norms" (R, R), "predictions" (R, R), "num_classes"}, with
-    norms[i, j] and predictions[i, j] at the point (xs[j], ys[i]).
+    Returns {"xs" (R,), "ys" (R,), "norms" (R, R), "predictions" (R, R), "num_classes", "of":
+    "logits"}, with norms[i, j] and predictions[i, j] at the point (xs[j], ys[i]). The norms are
+    the logits' Jacobian's whatever the run's target: the field shows how fast the decision moves.
     """
     xs, ys, xy = grid(points.detach().cpu().float(), resolution)
     norms = torch.cat([jacobian_norms(model, xy[i : i + FIELD_CHUNK]) for i in range(0, len(xy), FIELD_CHUNK)])
@@ -95,6 +97,7 @@ def norm_field(model: nn.Module, points: torch.Tensor, resolution: int = FIELD_R
         "norms": norms.reshape(shape).numpy(),
         "predictions": logits.argmax(dim=1).reshape(shape).numpy(),
         "num_classes": int(logits.shape[1]),
+        "of": "logits",
     }
 
 

@@ -93,7 +93,7 @@ def test_train_without_arguments_streams_and_ends_with_figures(client):
     assert "Run #1" in status and ("Finished 1500 steps" in status or "time budget" in status)
     figure = plotly(curves)
     names = {trace["name"] for trace in figure["data"]}
-    assert {"cross-entropy", "λ × penalty", "train", "test", "exact (test subset)"} <= names
+    assert {"cross-entropy", "λ × R", "train", "test", "exact (test subset)"} <= names
     [row] = runs(client)
     assert row["status"] in ("completed", "time_budget") and row["test acc"] > 0.5
 

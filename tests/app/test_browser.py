@@ -308,7 +308,7 @@ def test_training_streams_curves_and_the_2d_field(page, runs, shots):
     panel = open_tab(page, "Training")
     expect(status(page)).to_contain_text(re.compile(r"Run #3 on cpu.*Finished 300 steps.*test accuracy 0\.\d+"))
     curves = plot(panel, "Training curves")
-    expect_drawn(curves, min_traces=4)  # cross-entropy, λ × penalty, train and test accuracy, ...
+    expect_drawn(curves, min_traces=4)  # cross-entropy, λ × R, train and test accuracy, ...
     for title in ("Loss terms", "Accuracy"):
         expect(curves.get_by_text(title, exact=True)).to_be_visible()
     assert_readable(curves)
@@ -537,9 +537,14 @@ def in_view(page, locator) -> bool:
 def test_on_a_phone_train_stays_in_reach_and_panels_stack(browser, server, problems, shots):
     context, page = new_page(browser, server, problems, PHONE)
     try:
+        # The Settings fold on a phone: the tabs and their results come first, not 3000 px down.
+        settings = page.locator("#jp-settings > button.label-wrap")
+        expect(settings).not_to_have_class(re.compile(r"\bopen\b"), timeout=VIEW_MS)
+        assert page.get_by_role("tablist").first.bounding_box()["y"] < 1.5 * PHONE["height"]
         assert in_view(page, train_button(page))  # at the top of a long single column ...
         page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
         assert in_view(page, train_button(page))  # ... and at its bottom
+        settings.click()  # one tap opens them
         control(page, "Steps").fill(str(STEPS))
         train_button(page).click()
         expect(status(page)).to_contain_text(re.compile(rf"Run #1 .*Finished {STEPS} steps"), timeout=RUN_MS)

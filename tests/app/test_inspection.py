@@ -68,6 +68,7 @@ def test_field_norm_at_grid_points_equals_the_jacobian_norm_there(moons_run):
         assert field["norms"][i, j] == pytest.approx(jac.norm().item(), rel=1e-5, abs=1e-6)
         with torch.no_grad():
             assert field["predictions"][i, j] == model(point.unsqueeze(0)).argmax().item()
+    assert field["of"] == "logits"  # what the oracle differentiated: the figure's colour bar says so
 
 
 def test_field_sees_both_classes_on_trained_moons(moons_run):
@@ -90,6 +91,7 @@ def test_example_jacobian_matches_the_oracle(digits_model):
     assert example["prediction"] == probabilities.argmax().item()
     assert example["label"] == dataset.y_test[7].item()
     assert example["kind"] == "image" and example["class_names"][3] == "3"
+    assert example["of"] == "logits"  # the oracle's outputs are the model's logits
 
 
 def test_example_index_wraps_around(digits_model):

@@ -43,11 +43,11 @@ def test_training_curves_of_one_run_follow_the_record():
     rec = record(0.1)
     fig = plots.steps_figure([("run", rec)], plots.TRAINING_PANELS)
     traces = traces_by_name(fig)
-    assert list(traces) == ["cross-entropy", "λ × penalty", "train", "test", "estimate (train batch)",
+    assert list(traces) == ["cross-entropy", "λ × R", "train", "test", "estimate (train batch)",
                             "exact (test subset)"]
     assert list(traces["cross-entropy"].x) == [10, 20, 30]
     assert list(traces["cross-entropy"].y) == [h["ce_loss"] for h in rec["history"]]
-    assert list(traces["λ × penalty"].y) == pytest.approx([1.0, 2.0, 3.0])
+    assert list(traces["λ × R"].y) == pytest.approx([1.0, 2.0, 3.0])
     assert list(traces["test"].x) == [15, 30] and list(traces["test"].y) == [0.5, 0.75]
     assert list(traces["exact (test subset)"].y) == [7.0, 5.0]
     # Each panel's traces sit on its own axes, with the panel's titles and scale.
@@ -55,9 +55,9 @@ def test_training_curves_of_one_run_follow_the_record():
     layout = fig.layout
     assert [layout.xaxis.title.text, layout.xaxis2.title.text] == ["step", "step"]
     assert [layout.yaxis.title.text, layout.yaxis2.title.text, layout.yaxis3.title.text] == [
-        "loss", "accuracy", "‖J‖_F"]
+        "loss", "accuracy", "‖J‖_F of the logits"]
     assert [layout.yaxis.type, layout.yaxis2.type, layout.yaxis3.type] == ["log", "linear", "log"]
-    assert [a.text for a in layout.annotations] == [p.title for p in plots.TRAINING_PANELS]
+    assert [a.text for a in layout.annotations] == ["Loss terms", "Accuracy", "‖J‖_F of the logits"]
     # One legend serves all panels: each series needs its own colour to be told apart there.
     colours = [trace.line.color for trace in fig.data]
     assert len(set(colours)) == len(colours)
@@ -66,11 +66,11 @@ def test_training_curves_of_one_run_follow_the_record():
 def test_several_runs_get_a_colour_each_and_a_dash_per_series():
     fig = plots.steps_figure([("a", record(0.0)), ("b", record(0.1))], plots.TRAINING_PANELS[:1])
     traces = traces_by_name(fig)
-    assert set(traces) == {"a · cross-entropy", "b · cross-entropy", "a · λ × penalty", "b · λ × penalty"}
-    assert traces["a · cross-entropy"].line.color == traces["a · λ × penalty"].line.color
+    assert set(traces) == {"a · cross-entropy", "b · cross-entropy", "a · λ × R", "b · λ × R"}
+    assert traces["a · cross-entropy"].line.color == traces["a · λ × R"].line.color
     assert traces["a · cross-entropy"].line.color != traces["b · cross-entropy"].line.color
-    assert traces["a · cross-entropy"].line.dash != traces["a · λ × penalty"].line.dash
-    assert list(traces["b · λ × penalty"].y) == pytest.approx([1.0, 2.0, 3.0])
+    assert traces["a · cross-entropy"].line.dash != traces["a · λ × R"].line.dash
+    assert list(traces["b · λ × R"].y) == pytest.approx([1.0, 2.0, 3.0])
 
 
 def test_missing_and_non_finite_values_are_left_out():
@@ -236,13 +236,19 @@ def test_robustness_figure_states_the_masking_flags_of_its_runs():
 
 
 @pytest.mark.parametrize("values", [[0.0012, 0.9], [2.1, 3.9], [59.9, 5.3, 0.4], [1e-4, 10.0, 250.0], [0.005, 2.0],
-                                    [0.5, 1.0], [3.0, 100.0]])
+                                    [0.5, 1.0], [3.0, 100.0], [29.0, 2.1], [6.9, 0.4], [10.0, 1000.0], [5.7, 5.7]])
 def test_log_axes_label_every_tick_with_its_full_value(values):
     ticks = plots.log_ticks(values)
-    assert 2 <= len(ticks["tickvals"]) <= 8  # few enough to fit a phone's panel
-    for value, text in zip(ticks["tickvals"], ticks["ticktext"], strict=True):
+    vals = ticks["tickvals"]
+    assert 2 <= len(vals) <= 8  # few enough to fit a phone's panel
+    for value, text in zip(vals, ticks["ticktext"], strict=True):
         assert float(text) == pytest.approx(value, rel=1e-2)  # "0.02", not a bare "2"
-        assert min(values) / 1.2 <= value <= max(values) * 1.2
+        assert "e" not in text  # "1000", not "1e+03"
+    # The labelled ticks enclose the data, one step beyond it at most, and the axis shows them all:
+    # no curve runs above the last number (a top tick of 30 under a curve at 60).
+    assert vals[0] <= min(values) < vals[1] and vals[-2] < max(values) <= vals[-1]
+    low, high = ticks["range"]
+    assert low < math.log10(vals[0]) and math.log10(vals[-1]) < high
     assert plots.log_ticks([0.0, float("nan")]) == {}
 
 
@@ -250,3 +256,207 @@ def test_the_training_curves_log_panels_use_full_tick_labels():
     fig = plots.steps_figure([("run", record(0.01))], plots.TRAINING_PANELS)
     log_axes = [fig.layout[name] for name in fig.layout if name.startswith("yaxis") and fig.layout[name].type == "log"]
     assert log_axes and all(axis.ticktext and all(float(t) > 0 for t in axis.ticktext) for axis in log_axes)
+
+
+# --- Figures that cannot mislead -------------------------------------------------------------
+
+
+def hex_rgb(colour: str) -> tuple[int, ...]:
+    return tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
+
+
+def axis_of(fig, trace) -> tuple:
+    """The layout's (x axis, y axis) objects of a trace: "x3" -> layout.xaxis3."""
+    return fig.layout["xaxis" + trace.xaxis[1:]], fig.layout["yaxis" + trace.yaxis[1:]]
+
+
+def test_a_log_axis_labels_a_tick_above_the_highest_point_of_its_curves():
+    rec = record(0.01)
+    for h in rec["history"]:  # a run whose ‖J‖ climbs to 60 and whose cross-entropy starts at ln 1000
+        h["jacobian_norm_estimate"] *= 60 / 32
+        h["ce_loss"] = math.log(1000) / (1 + h["step"] / 10)
+    fig = plots.steps_figure([("run", rec)], plots.TRAINING_PANELS)
+    for trace in fig.data:
+        _, y_axis = axis_of(fig, trace)
+        if y_axis.type != "log" or not len(trace.y):
+            continue
+        assert max(y_axis.tickvals) >= max(trace.y)  # the curve stays under its last number
+        assert min(y_axis.tickvals) <= min(trace.y)
+        assert 10 ** y_axis.range[1] >= max(y_axis.tickvals)  # and that number is on screen
+    assert max(fig.layout.yaxis3.tickvals) >= 60 and max(fig.layout.yaxis.tickvals) >= math.log(1000)
+
+
+def test_cost_axes_say_1000_not_1e03():
+    rows = [{"method": "exact", "num_classes": c, "ms_per_step": c * 1.5, "ratio": c / 3} for c in (10, 100, 1000)]
+    fig = plots.cost_figure(rows)
+    texts = [*fig.layout.xaxis.ticktext, *fig.layout.yaxis.ticktext, *fig.layout.yaxis2.ticktext]
+    assert "1000" in fig.layout.xaxis.ticktext
+    assert texts and not any("e" in t for t in texts)
+    assert [plots.axes.tick_text(v) for v in (1000, 0.002, 50, 1.5, 2e6, 1e-5)] == [
+        "1000", "0.002", "50", "1.5", "2e6", "1e-5"]
+
+
+def sweep_rows(points) -> list[dict]:
+    return [{"regularizer": reg, "penalty": p, "test_accuracy": clean, "robust_accuracy": robust,
+             "jacobian_norm": 30.0 / (1 + 100 * p), "pareto": False} for reg, p, clean, robust in points]
+
+
+def test_sweep_accuracy_axes_span_ten_points_so_one_image_is_not_a_collapse():
+    # The "λ = 0 against 0.01" preset: clean accuracy 0.967 and 0.969, one test image of 360 apart.
+    fig = plots.tradeoff_figure(sweep_rows([("jacobian", 0.0, 0.967, 0.45), ("jacobian", 0.01, 0.969, 0.47)]), 0.1)
+    for axis, values in ((fig.layout.xaxis, (0.967, 0.969)), (fig.layout.yaxis, (0.45, 0.47))):
+        low, high = axis.range
+        assert high - low >= plots.axes.MIN_ACCURACY_SPAN  # not a 0.2-point window
+        assert low < min(values) and max(values) < high
+        assert low > -0.1 and high < 1.1  # an accuracy axis stays about [0, 1]
+        # The two runs sit within a fiftieth of the panel of each other, as 2 points in 1000 should.
+        assert (max(values) - min(values)) / (high - low) < 0.2
+
+
+def test_a_one_point_sweep_gets_accuracy_axes_around_its_point():
+    fig = plots.tradeoff_figure(sweep_rows([("jacobian", 0.01, 0.97, 0.5)]), 0.1)
+    for axis, value in ((fig.layout.xaxis, 0.97), (fig.layout.yaxis, 0.5)):
+        low, high = axis.range
+        assert low < value < high and high - low >= 0.1 and low > -0.1 and high < 1.1  # not -0.5 to 1.5
+    low, high = fig.layout.xaxis2.range  # the strength's log axis holds its one point, with room around it
+    assert low < math.log10(0.01) < high
+
+
+def test_sweep_labels_merge_where_they_would_overlap_and_stay_under_the_title():
+    points = [("jacobian", 0.0, 0.967, 0.450), ("jacobian", 0.001, 0.967, 0.451),
+              ("input_gradient", 0.0, 0.967, 0.450), ("jacobian", 0.1, 0.930, 0.750)]
+    fig = plots.tradeoff_figure(sweep_rows(points), 0.1)
+    [labels] = [t for t in fig.data if t.name == "strengths"]
+    texts = list(labels.text)
+    # Three points in one spot get one label, each strength once; the far point its own.
+    assert sorted(texts) == ["0, 0.001", "0.1"]
+    assert labels.marker.opacity == 0  # invisible markers: the text clears the visible one
+    positions = dict(zip(texts, labels.textposition, strict=True))
+    assert positions["0.1"] == "bottom center"  # the top point's label goes under it, not under the title
+    assert positions["0, 0.001"] == "top center"
+    # The points keep their strengths as hover text.
+    jac = next(t for t in fig.data if t.name == "jacobian" and t.xaxis == "x")
+    assert list(jac.customdata) == ["0", "0.001", "0.1"]
+
+
+def test_label_clusters_merge_only_labels_that_would_touch():
+    far = plots.axes.label_clusters([0.0, 1.0], [0.0, 0.0], ["a", "b"], [0, 1], [0, 1])
+    assert sorted(t for _, _, t, _ in far) == ["a", "b"]
+    near = plots.axes.label_clusters([0.5, 0.51], [0.3, 0.31], ["a", "b"], [0, 1], [0, 1])
+    assert [(x, y, t) for x, y, t, _ in near] == [(0.51, 0.31, "a, b")]  # at the higher point
+
+
+def test_accuracy_panels_of_a_run_stopped_at_step_0_read_0_to_1_from_step_0():
+    stopped = {"config": {"steps": 1500, "target": "logits"}, "history": [], "evaluations": []}
+    fig = plots.steps_figure([("run", stopped)], plots.TRAINING_PANELS)
+    low, high = fig.layout.yaxis2.range
+    assert -0.1 < low <= 0 and 1 <= high < 1.1  # accuracy, not plotly's -1 to 4
+    assert [fig.layout[f"xaxis{i}"].range for i in ("", 2, 3)] == [(0, 1500)] * 3  # the run's steps
+    notes = [a for a in fig.layout.annotations if a.text == "no points yet"]
+    assert len(notes) == 3 and {a.xref for a in notes} == {"x domain", "x2 domain", "x3 domain"}
+    assert fig.layout.yaxis.showticklabels is False  # no invented loss numbers
+
+
+def test_accuracy_panels_with_points_keep_a_ten_point_span_within_0_and_1():
+    rec = record(0.0)
+    for h in rec["history"]:
+        h["train_accuracy"] = 0.968
+    rec["evaluations"] = [{"step": 30, "test_accuracy": 0.969, "jacobian_norm": 5.0}]
+    low, high = plots.steps_figure([("run", rec)], plots.TRAINING_PANELS).layout.yaxis2.range
+    assert high - low >= 0.1 and low < 0.968 and 0.969 < high < 1.1
+    compare = plots.steps_figure([("a", rec), ("b", record(0.1))], plots.COMPARE_PANELS)
+    assert compare.layout.xaxis.rangemode == "tozero"  # steps from 0
+    assert compare.layout.yaxis2.range[0] < 0.5 < 0.75 < compare.layout.yaxis2.range[1]
+
+
+def test_the_legend_sits_at_the_foot_of_the_figure_and_the_figure_grows_for_it():
+    def compare(n):
+        return plots.steps_figure([(f"#{i} λ={i / 1000:g} projection, mlp/digits", record(i / 1000))
+                                   for i in range(n)], plots.COMPARE_PANELS)
+    legend = compare(12).layout.legend
+    # At the figure's foot (container coordinates): plotly makes room for it under the x titles;
+    # hung from the plot in paper units, a long legend climbed onto "step".
+    assert (legend.yref, legend.y, legend.yanchor) == ("container", 0, "bottom")
+    # Twenty runs' names take several rows: the figure grows so that its panels do not shrink.
+    assert compare(1).layout.height == plots.HEIGHT < compare(12).layout.height < compare(20).layout.height
+
+
+def test_twenty_runs_get_twenty_colours():
+    runs = [(f"run {i}", record(i / 100)) for i in range(20)]
+    fig = plots.steps_figure(runs, plots.COMPARE_PANELS)
+    first_panel = [t.line.color for t in fig.data if t.xaxis == "x"]
+    assert len(first_panel) == 20 and len(set(first_panel)) == 20
+    robust = plots.robustness_figure(runs, ("pgd",))
+    assert len({t.line.color for t in robust.data}) == 20
+    # Told apart on screen, not only in hex: every pair differs by a visible amount.
+    rgb = [hex_rgb(c) for c in plots.axes.COLORS[:20]]
+    assert min(sum(abs(a - b) for a, b in zip(p, q, strict=True)) for i, p in enumerate(rgb) for q in rgb[i + 1:]) > 80
+
+
+def test_a_2d_field_keeps_the_planes_proportions():
+    field = {"xs": np.linspace(-1.5, 2.5, 5), "ys": np.linspace(-1.0, 1.5, 4), "norms": np.ones((4, 5)),
+             "predictions": np.zeros((4, 5), dtype=int), "num_classes": 2}
+    fig = plots.field_figure([("a", field), ("b", field)])
+    for y_axis, x_name in ((fig.layout.yaxis, "x"), (fig.layout.yaxis2, "x2")):
+        assert (y_axis.scaleanchor, y_axis.scaleratio, y_axis.constrain) == (x_name, 1, "domain")
+    assert "of the logits" in fig.data[0].colorbar.title.text
+
+
+def test_perturbed_titles_are_red_where_the_input_fooled_the_model():
+    examples = {"kind": "image", "inputs": np.zeros((3, 1, 2, 2)), "perturbed": np.ones((3, 1, 2, 2)),
+                "labels": [3, 4, 0], "predictions": [3, 1, 2], "class_names": [str(i) for i in range(5)],
+                "attack": "fgsm", "strength": 0.1}
+    annotations = plots.examples_figure(examples).layout.annotations
+    predictions = annotations[3:]
+    red = [hex_rgb(a.font.color) for a in predictions]
+    fooled = [p != y for p, y in zip(examples["predictions"], examples["labels"], strict=True)]
+    assert fooled == [False, True, True]
+    for colour, was_fooled in zip(red, fooled, strict=True):
+        r, g, _ = colour
+        assert (r > 2 * g) == was_fooled  # red where fooled, not where the prediction held
+    assert all(a.font.color is None for a in annotations[:3])  # the labels above stay plain
+
+
+def jacobian_curves(fig) -> dict[str, list]:
+    return {t.name: list(t.y) for t in fig.data if t.xaxis == "x3"}
+
+
+def test_a_features_target_run_is_never_drawn_as_the_logits_jacobian():
+    rec = record(0.01)
+    rec["config"]["target"] = "features"
+    fig = plots.steps_figure([("run", rec)], plots.TRAINING_PANELS)
+    # The penalty's estimate is of the features; the exact value (demo.engine.train) of the logits.
+    assert jacobian_curves(fig) == {"estimate (train batch) of the features": [12.0, 22.0, 32.0],
+                                    "exact (test subset) of the logits": [7.0, 5.0]}
+    assert fig.layout.annotations[2].text == "‖J‖_F of the features and logits"
+    assert fig.layout.yaxis3.title.text == "‖J‖_F of the features and logits"
+    # One Jacobian: the panel's titles and the hover text name it; the names stay short.
+    logits = plots.steps_figure([("run", record(0.01))], plots.TRAINING_PANELS)
+    assert list(jacobian_curves(logits)) == ["estimate (train batch)", "exact (test subset)"]
+    assert logits.layout.annotations[2].text == logits.layout.yaxis3.title.text == "‖J‖_F of the logits"
+    assert all("of the logits" in t.hovertemplate for t in logits.data if t.xaxis == "x3")
+
+
+def test_a_record_with_both_exact_norms_draws_both_labelled():
+    rec = record(0.01)
+    rec["config"]["target"] = "features"
+    for e in rec["evaluations"]:
+        e["jacobian_norm_features"] = e["jacobian_norm"] / 4
+    fig = plots.steps_figure([("run", rec)], plots.TRAINING_PANELS)
+    curves = jacobian_curves(fig)
+    assert curves["exact (test subset) of the logits"] == [7.0, 5.0]
+    assert curves["exact (test subset) of the features"] == [1.75, 1.25]
+    # Several runs: each curve is named after its run, its series and, the panel mixing two, its Jacobian.
+    runs = plots.steps_figure([("a", rec), ("b", record(0.0))], plots.TRAINING_PANELS)
+    names = [t.name for t in runs.data if t.xaxis == "x3"]
+    assert "a · estimate (train batch) of the features" in names and "b · exact (test subset) of the logits" in names
+    assert "b · estimate (train batch) of the logits" in names  # run b penalises the logits
+
+
+def test_the_sweep_and_compare_name_the_jacobian_they_draw():
+    sweep = plots.tradeoff_figure(sweep_rows([("jacobian", 0.01, 0.97, 0.5)]), 0.1)
+    assert sweep.layout.yaxis2.title.text == "mean ‖J‖_F of the logits"
+    assert "of the features" in plots.tradeoff_figure(sweep_rows([("jacobian", 0.01, 0.97, 0.5)]), 0.1,
+                                                      jacobian="features").layout.yaxis2.title.text
+    compare = plots.steps_figure([("a", record(0.0)), ("b", record(0.1))], plots.COMPARE_PANELS)
+    assert compare.layout.annotations[2].text == "Exact ‖J‖_F of the logits (test subset)"
