@@ -85,8 +85,8 @@ def accuracy_range(values: Sequence[float], min_span: float = MIN_ACCURACY_SPAN)
     """The range of an accuracy axis over `values`: the data with a margin, at least `min_span`
     wide, inside [0, 1] (plus the margin, so a point at 1.0 is not cut in half). About [0, 1]
     without finite values: an empty panel still reads as accuracy, not plotly's [-1, 4]."""
-    finite = [float(v) for v in values if finite(v)]
-    low, high = (min(finite), max(finite)) if finite else (0.0, 1.0)
+    numbers = [float(v) for v in values if finite(v)]
+    low, high = (min(numbers), max(numbers)) if numbers else (0.0, 1.0)
     if high - low < min_span:  # widen about the data's middle, inside [0, 1]
         low = min(max((low + high) / 2 - min_span / 2, 0.0), 1.0 - min_span)
         high = low + min_span
