@@ -196,6 +196,17 @@ def test_jacobian_view_compares_two_runs_of_images(client):
     assert info.count("predicts") == 2
     with pytest.raises(AppError, match="no run #9"):
         client.predict("9", "", 0, api_name="/jacobian")
+    assert " mlp: predicts" in info  # each row names its architecture
+
+
+def test_the_jacobian_panel_compares_runs_of_one_dataset_only(client):
+    client.predict(dataset="moons", steps=30, robustness=False, api_name="/train")
+    client.predict(dataset="spirals", steps=30, robustness=False, api_name="/train")
+    ids = [r["run"] for r in runs(client)][-2:]
+    _, field, info = client.predict(str(ids[0]), str(ids[1]), 0, api_name="/jacobian")
+    # Both are 2-D with two classes, but the spirals model is not drawn over moons points.
+    assert info.count("predicts") == 1 and f"#{ids[0]} " in info
+    assert len([t for t in plotly(field)["data"] if t["type"] == "heatmap"]) == 1
 
 
 def test_download_gives_record_and_weights_and_refuses_odd_ids(client):

@@ -324,8 +324,8 @@ def test_jacobian_view_compares_two_runs(page, runs, shots):
     choose(page, panel, "Run", "#2 λ=0.01")
     choose(page, panel, "Compare with", "#1 λ=0 ")
     panel.get_by_role("button", name="Show", exact=True).click()
-    expect(panel.get_by_text(re.compile(r"#1 λ=0 projection: predicts"))).to_be_visible(timeout=VIEW_MS)
-    expect(panel.get_by_text(re.compile(r"#2 λ=0.01 projection: predicts"))).to_be_visible()
+    expect(panel.get_by_text(re.compile(r"#1 λ=0 projection mlp: predicts"))).to_be_visible(timeout=VIEW_MS)
+    expect(panel.get_by_text(re.compile(r"#2 λ=0.01 projection mlp: predicts"))).to_be_visible()
     expect_drawn(plot(panel, "Jacobian of the logits"), min_traces=2)
     assert_readable(plot(panel, "Jacobian of the logits"))
     screenshot(page, panel, "jacobian", shots)
@@ -497,7 +497,7 @@ def test_the_jacobian_tab_survives_a_change_of_dataset_and_the_page_keeps_traini
     panel = open_tab(page, "Jacobian")
     choose(page, panel, "Run", "#1 λ=0 ")  # digits
     panel.get_by_role("button", name="Show", exact=True).click()
-    expect(panel.get_by_text(re.compile(r"#1 λ=0 projection: predicts")).first).to_be_visible(timeout=VIEW_MS)
+    expect(panel.get_by_text(re.compile(r"#1 λ=0 projection mlp: predicts")).first).to_be_visible(timeout=VIEW_MS)
     choose(page, panel, "Run", "#3 λ=0.01")  # moons
     choose(page, panel, "Compare with", "#1 λ=0 ")
     panel.get_by_role("button", name="Show", exact=True).click()
@@ -619,11 +619,11 @@ def test_settings_say_how_long_a_run_takes_and_refusals_leave_the_page_as_it_was
         expect_drawn(heatmap, min_traces=2)
         assert_readable(heatmap)
         # Trained while this tab stays open, the next run replaces the newest one in it: no click.
-        expect(panel.get_by_text(re.compile(r"#1 λ=0.01 projection: predicts"))).to_be_visible(timeout=VIEW_MS)
+        expect(panel.get_by_text(re.compile(r"#1 λ=0.01 projection mlp: predicts"))).to_be_visible(timeout=VIEW_MS)
         control(page, "Steps").fill("10")
         train_button(page).click()
         expect(status(page)).to_contain_text(re.compile(r"Run #2 .*Finished 10 steps"), timeout=RUN_MS)
-        expect(panel.get_by_text(re.compile(r"#2 λ=0.01 projection: predicts"))).to_be_visible(timeout=VIEW_MS)
+        expect(panel.get_by_text(re.compile(r"#2 λ=0.01 projection mlp: predicts"))).to_be_visible(timeout=VIEW_MS)
     finally:
         context.close()
 

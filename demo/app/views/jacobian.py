@@ -64,7 +64,7 @@ def show_jacobian(session: dict | None, run: str, compare: str, example: float):
         if problem:
             gr.Warning(problem)
             continue
-        models.append((sessions.short_label(other), inspect.load_model(other["record"], other["weights"])))
+        models.append((_row_label(other, runs), inspect.load_model(other["record"], other["weights"])))
     if not models:
         return plots.jacobian_figure([]), plots.field_figure([]), "No run with weights to show yet."
     examples = [(label, inspect.example_jacobian(model, dataset, index)) for label, model in models]
@@ -87,12 +87,24 @@ def _unusable(run: dict[str, Any], first: dict[str, Any]) -> str | None:
     if not run["weights"]:
         return f"Run #{run['id']} has no weights yet (it stopped before its first evaluation)."
     mine, theirs = run["record"]["dataset"], first["record"]["dataset"]
-    if mine.get("input_shape") != theirs.get("input_shape") or mine.get("num_classes") != theirs.get("num_classes"):
+    # Same dataset, not only the same shapes: a spirals model drawn over moons points (both 2-D,
+    # two classes) would show a field of points it never saw.
+    if (mine.get("name") != theirs.get("name") or mine.get("input_shape") != theirs.get("input_shape")
+            or mine.get("num_classes") != theirs.get("num_classes")):
         return (
-            f"Run #{run['id']} ({mine.get('name')}) takes other inputs or classes than run #{first['id']} "
-            f"({theirs.get('name')}); compare runs on the same dataset."
+            f"Run #{run['id']} trained on {mine.get('name')}, run #{first['id']} on {theirs.get('name')}: the "
+            "Jacobian panel compares runs of one dataset only, on the same test example. Choose a run of "
+            f"{theirs.get('name')} to compare with."
         )
     return None
+
+
+def _row_label(run: dict[str, Any], runs: list[dict[str, Any]]) -> str:
+    """The run's short label with its architecture (and whatever else differs between the runs
+    drawn together): rows of two architectures must not read alike."""
+    label = sessions.legend_labels(runs)[runs.index(run)]
+    arch = run["record"]["config"]["arch"]
+    return label if f" {arch}" in label else f"{label} {arch}"
 
 
 def _info(examples: list[tuple[str, dict[str, Any]]]) -> str:

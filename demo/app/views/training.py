@@ -126,7 +126,7 @@ def status_html(run: dict[str, Any]) -> str:
     if status == STOPPED:
         outcome = f"Stopped at step {step} of {cfg['steps']}; the partial run is kept (see Runs)"
     elif status == COMPLETED:
-        outcome = f"Finished {step} steps in {final.get('elapsed', 0):.1f} s"
+        outcome = f"Finished {step} step{'' if step == 1 else 's'} in {final.get('elapsed', 0):.1f} s"
         if record.get("message"):  # completed, but collapsed to chance: say so beside the numbers
             outcome += f". {html.escape(record['message'])}"
     else:
