@@ -13,12 +13,18 @@ passes it into the engine (`train(cfg, stop=...)`), which checks it at every ste
 attacks' levels, so a stopped run's computation ends within one step or one attack level, and the
 handler waits for it (STOP_WAIT_S at most) before its event ends: the accelerator's slot is free
 only when the work has stopped.
+
+Time: a run trains for its time budget (JP_MAX_SECONDS, demo.app.limits); its final evaluation and
+attacks get at most TAIL_SHARE of that again, after which the same stop ends them and the run is
+kept as it stands, saying so. Every other event that uses the accelerator (/thread, /thorough,
+/cost) stops at JP_MAX_SECONDS through `deadline`. No event holds the accelerator past its limit.
 """
 
 from __future__ import annotations
 
 import copy
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +40,7 @@ from demo.engine.train import Evaluation, Finished, train
 __all__ = ["FINAL", "Tick", "follow", "run_stream", "visitor", "wire_stop"]
 
 FINAL = "final"
+TAIL_SHARE = 0.25  # the final evaluation and attacks may take this share of the time budget again
 # How long a stopped handler waits for the engine to notice: one step, or one attack level
 # (PGD-10 on 500 test points is the longest piece, a few seconds on vit here).
 STOP_WAIT_S = 30.0
@@ -68,15 +75,28 @@ def run_stream(cfg: RunConfig, should_stop: Callable[[], bool] | None = None
         yield copy.deepcopy(recorder.record), (recorder.state_dict if fresh else None)
 
 
+def deadline(seconds: float | None) -> Callable[[], bool]:
+    """A stop check that says yes `seconds` after it was made (never, for None or 0)."""
+    start = time.monotonic()
+    return lambda: bool(seconds) and time.monotonic() - start > seconds
+
+
+def run_limit_s(cfg: RunConfig) -> float | None:
+    """How long a run's event may hold the accelerator: its time budget, and TAIL_SHARE more for
+    the final evaluation and attacks (None: no budget, no limit)."""
+    return cfg.time_budget * (1 + TAIL_SHARE) if cfg.time_budget > 0 else None
+
+
 def follow(cfg: RunConfig, run_id: int, stop: threading.Event) -> Iterator[Tick]:
     """Run `cfg` as run `run_id` in a worker thread; the ticks a handler shows, ending with FINAL."""
     run = {"id": run_id, "record": new_record(cfg), "weights": {}}
+    past_limit = deadline(run_limit_s(cfg))
     # This run's own halt: set when it ends or is closed, so a sweep's next run starts afresh,
     # while `stop` (the visitor's Stop) ends every run of the handler.
     halt = threading.Event()
 
     def should_stop() -> bool:
-        return stop.is_set() or halt.is_set()
+        return stop.is_set() or halt.is_set() or past_limit()
 
     # A closure cannot cross into ZeroGPU's worker process: there Stop closes the stream instead.
     stream = in_background(run_stream(cfg, None if on_zero_gpu() else should_stop), halt, join_s=STOP_WAIT_S)
@@ -101,7 +121,11 @@ def follow(cfg: RunConfig, run_id: int, stop: threading.Event) -> Iterator[Tick]
                 yield Tick(HEAVY, run, fresh)
                 fresh = False
         # Stopped (the stream may end first: its worker saw Stop too): the record as it stands.
-        yield Tick(FINAL, {**run, "record": kept(run["record"])}, fresh)
+        record = kept(run["record"])
+        if past_limit() and not stop.is_set():
+            record = {**record, "message": f"The app's time limit ({run_limit_s(cfg):.0f} s with the attacks) was "
+                                           "reached before the run finished; it is kept as it stands."}
+        yield Tick(FINAL, {**run, "record": record}, fresh)
     finally:
         stream.close()
 

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import models
+from demo.evaluation.robustness import checkpoint
 from jacobian_penalty import METHODS, jacobian_norms, jacobian_penalty
 
 __all__ = [
@@ -174,9 +175,11 @@ def _clock(name: str, device: torch.device) -> Callable[[], float]:
 
 
 def interleaved_times(
-    steps: dict[str, Callable[[], None]], repeats: int, device: torch.device, clock: str = "wall"
+    steps: dict[str, Callable[[], None]], repeats: int, device: torch.device, clock: str = "wall",
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, list[float]]:
-    """Seconds per step of every closure, `repeats` samples each, interleaved round by round."""
+    """Seconds per step of every closure, `repeats` samples each, interleaved round by round.
+    `should_stop` is asked before every round (robustness.checkpoint raises Stopped)."""
     now = _clock(clock, device)
     per_sample: dict[str, int] = {}
     once_s: dict[str, float] = {}
@@ -194,6 +197,7 @@ def interleaved_times(
     names = list(steps)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
+        checkpoint(should_stop)
         for name in names[r % len(names) :] + names[: r % len(names)]:  # rotated order
             n = per_sample[name]
             if once_s[name] < SLOW_STEP_S:
@@ -251,7 +255,7 @@ def peak_memory_mb(
 
 def _measure(
     steps: dict[str, Callable[[], None]], repeats: int, device: torch.device, measure_memory: bool,
-    clock: str = "wall", release: Callable[[], None] | None = None,
+    clock: str = "wall", release: Callable[[], None] | None = None, should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Interleaved timing of every step against the first (the baseline).
 
@@ -259,7 +263,7 @@ def _measure(
     reader sees always agree (ms = ratio x the baseline's ms); `ratio_low`/`ratio_high` are the
     smallest and largest ratio of one round to the same round's baseline, the spread a shared
     machine puts on it (noisy when that range is wide against the differences shown)."""
-    times = interleaved_times(steps, repeats, device, clock)
+    times = interleaved_times(steps, repeats, device, clock, should_stop)
     baseline = times[next(iter(steps))]
     baseline_ms = 1e3 * statistics.median(baseline)
     results = {}
@@ -318,6 +322,7 @@ def time_steps(
     measure_memory: bool = True,
     clock: str = "wall",
     seed: int = 0,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[dict[str, Any]]:
     """Time one training step of each method on one model and batch; one row per method.
 
@@ -337,7 +342,7 @@ def time_steps(
     wanted = _resolve_methods(methods, num_classes, include_loop)
     device, model, optimizer, x, y, probes = _setup(arch, num_classes, batch_size, input_shape, device, seed)
     steps = {m: make_step(m, model, optimizer, x, y, chunk_size=chunk_size, generator=probes) for m in wanted}
-    results = _measure(steps, repeats, device, measure_memory, clock, _releaser(optimizer))
+    results = _measure(steps, repeats, device, measure_memory, clock, _releaser(optimizer), should_stop)
     common = {
         "arch": arch,
         "num_classes": num_classes,

@@ -26,12 +26,13 @@ written) with `zero_grad()` before each step. Pure torch: the UI draws what `com
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from demo.evaluation.robustness import checkpoint
 from jacobian_penalty import jacobian_norms, jacobian_penalty
 
 __all__ = [
@@ -100,6 +101,7 @@ def compare(
     method: str = "projection",
     report_every: int = 10,
     warmup_steps: int = 0,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[dict[str, dict[str, float]]]:
     """Train two copies of `model` side by side, the thread's way and ours, on the same batches.
 
@@ -111,7 +113,8 @@ def compare(
     penalty_grad_norm (||d penalty / d theta||), grad_pollution (||g_used - g_loss|| / ||g_loss||,
     g_used the .grad the optimiser stepped with, g_loss the true gradient of the written loss),
     test_accuracy, jacobian_norm (mean exact ||J||_F on a test subset) and column_sum_norm
-    (mean ||J^T 1|| there). Both copies use Adam with learning rate `lr`.
+    (mean ||J^T 1|| there). Both copies use Adam with learning rate `lr`. `should_stop` is asked at
+    every warm-up and training step (robustness.checkpoint raises Stopped when it says yes).
     """
     batches = torch.Generator(device=x_train.device).manual_seed(seed)
     probes = torch.Generator(device=x_train.device).manual_seed(seed + 1)
@@ -124,7 +127,7 @@ def compare(
 
     start = copy.deepcopy(model)
     if warmup_steps > 0:
-        _warm_up(start, batch, warmup_steps, lr)
+        _warm_up(start, batch, warmup_steps, lr, should_stop)
     models = {name: copy.deepcopy(start) for name in APPROACHES}
     optimizers = {name: torch.optim.Adam(m.parameters(), lr=lr) for name, m in models.items()}
     for m in models.values():
@@ -132,6 +135,7 @@ def compare(
 
     yield {name: _evaluate(m, x_eval, y_eval, step=0) for name, m in models.items()}
     for step in range(1, steps + 1):
+        checkpoint(should_stop)
         x, t = batch()
         report = step % report_every == 0 or step == steps
         stats = {
@@ -144,10 +148,11 @@ def compare(
             }
 
 
-def _warm_up(model: nn.Module, batch, steps: int, lr: float) -> None:
+def _warm_up(model: nn.Module, batch, steps: int, lr: float, should_stop=None) -> None:
     """Plain cross-entropy training, the common starting point of both approaches."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in range(steps):
+        checkpoint(should_stop)
         x, t = batch()
         optimizer.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), t).backward()

@@ -279,3 +279,40 @@ def test_a_run_that_cannot_finish_within_the_limit_is_refused_before_it_starts()
     # The fitting count does fit: it is the run the message offers.
     fits = cfg.replace(steps=expected)
     assert measured.seconds_range(fits.steps, duration.evaluations(fits))[0] <= 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# No event holds the accelerator past the app's limit
+
+
+def test_a_run_whose_attacks_outlast_the_limit_is_kept_as_it_stands_and_says_why():
+    from demo.app.running import FINAL, follow
+
+    cfg = RunConfig(steps=50, time_budget=1e-4, robustness=True)  # the budget ends training at step 1
+    ticks = list(follow(cfg, 1, threading.Event()))
+    assert ticks[-1].kind == FINAL
+    record = ticks[-1].run["record"]
+    # The final evaluation alone takes longer than 1.25 x 0.1 ms: the attacks never start.
+    assert record["status"] == STOPPED and "time limit" in record["message"]
+    assert record["robustness"] == {}
+
+
+def test_thread_cost_and_thorough_stop_at_the_limit_in_plain_words():
+    from demo.app.views import cost, thread
+    from demo.app.views.robustness import evaluate_thoroughly
+    from demo.engine.record import Recorder
+
+    with pytest.raises(gr.Error, match="warm-up of 3000 steps did not finish within this app's limit"):
+        list(thread.run_thread("digits", "mlp", 0, 64, 0.001, "projection", "cpu", 0.1, 10, 3000,
+                               space=Limits(max_seconds=0.05), memory=Estimator()))
+    with pytest.raises(gr.Error, match="did not finish within this app's limit"):
+        list(cost.measure_cost("mlp", "digits", "cpu", [10], ["projection"], 8, memory=Estimator(),
+                               max_seconds=1e-9))
+    cfg = RunConfig(steps=5, robustness=False)
+    recorder = Recorder(cfg)
+    for event in train(cfg):
+        recorder.add(event)
+    session = {"runs": [{"id": 1, "record": recorder.record, "weights": recorder.state_dict}], "next_id": 2,
+               "folder": ""}
+    with pytest.raises(gr.Error, match="thorough evaluation of run #1 did not finish"):
+        evaluate_thoroughly(session, "1", max_runs=20, max_seconds=1e-9)

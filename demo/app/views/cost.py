@@ -15,6 +15,7 @@ import torch
 import models
 from demo.app import controls as controls_view
 from demo.app import inputs, limits, plots
+from demo.app.running import deadline
 from demo.app.streaming import ACCELERATOR
 from demo.app.zerogpu import on_gpu
 from demo.budget import timing as bench
@@ -22,6 +23,7 @@ from demo.budget.memory import Estimator
 from demo.engine import data
 from demo.engine.config import DEVICES, ConfigError, RunConfig
 from demo.engine.train import resolve_device
+from demo.evaluation.robustness import Stopped
 from jacobian_penalty import METHODS
 
 __all__ = ["CostView", "measure_cost"]
@@ -59,26 +61,38 @@ class CostView:
 
 @partial(on_gpu, duration=lambda *args, **kwargs: COST_GPU_SECONDS)  # ZeroGPU: a GPU worker
 def cost_stream(arch: str, shape: tuple[int, ...], device: torch.device, classes: Sequence[int],
-                methods: Sequence[str], batch_size: int) -> Iterator[list[dict]]:
-    """The torch-touching part: demo.budget.timing.time_steps at each C in turn; yields the rows so far."""
+                methods: Sequence[str], batch_size: int, max_seconds: float = 0.0) -> Iterator[list[dict]]:
+    """The torch-touching part: demo.budget.timing.time_steps at each C in turn; yields the rows so
+    far. Ends (robustness.Stopped) `max_seconds` after it began."""
     rows: list[dict] = []
+    past = deadline(max_seconds)
     for num_classes in sorted(classes):
         rows += bench.time_steps(
             arch, num_classes, list(methods), batch_size=batch_size, input_shape=shape, device=device,
             repeats=REPEATS, measure_memory=False, chunk_size=CHUNK_ABOVE if num_classes > CHUNK_ABOVE else None,
+            should_stop=past,
         )
         yield rows
 
 
 def measure_cost(arch: str, dataset: str, device: str, classes: Sequence[int], methods: Sequence[str],
-                 batch_size: int, *, memory: Estimator):
+                 batch_size: int, *, memory: Estimator, max_seconds: float = 0.0):
     """/cost: ms per training step and ratio to a plain step for each method at each C; streams
     (figure, table) after each C."""
     shape, torch_device = _check(arch, dataset, device, classes, methods, batch_size)
     classes, methods = sorted({int(c) for c in classes}), list(dict.fromkeys(methods))  # each measured once
     _check_memory(memory, arch, dataset, device, classes[-1], methods, int(batch_size), torch_device)
-    for rows in cost_stream(arch, shape, torch_device, classes, methods, int(batch_size)):
-        yield plots.cost_figure(rows), _table(rows), noise_note(rows)
+    rows: list[dict] = []
+    try:
+        for rows in cost_stream(arch, shape, torch_device, classes, methods, int(batch_size), max_seconds):
+            yield plots.cost_figure(rows), _table(rows), noise_note(rows)
+    except Stopped:  # the app's time limit: the C values measured so far stay on screen
+        done = sorted({r["num_classes"] for r in rows})
+        if not rows:
+            raise inputs.refuse(f"Measuring at C = {classes[0]} did not finish within this app's limit of "
+                                f"{max_seconds:g} s: choose fewer methods, a smaller batch or a smaller C.") from None
+        yield (plots.cost_figure(rows), _table(rows), noise_note(rows) + f" *Stopped at this app's limit of "
+               f"{max_seconds:g} s after C = {', '.join(map(str, done))}.*")
 
 
 def noise_note(rows: list[dict]) -> str:
@@ -170,7 +184,7 @@ def layout() -> CostView:
 
 def wire(view: CostView, controls: controls_view.Controls, space: limits.Limits, memory: Estimator) -> None:
     view.measure.click(
-        partial(measure_cost, memory=memory),
+        partial(measure_cost, memory=memory, max_seconds=space.max_seconds),
         [controls.arch, controls.dataset, controls.device, view.classes, view.methods, view.batch_size],
         [view.figure, view.table, view.note],
         api_name="cost",

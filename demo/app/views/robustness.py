@@ -12,10 +12,11 @@ import gradio as gr
 from demo.app import inputs, limits, plots
 from demo.app import inspection as inspect
 from demo.app import session as sessions
+from demo.app.running import deadline
 from demo.app.streaming import ACCELERATOR
 from demo.engine.record import with_robustness
 from demo.engine.train import robustness_report
-from demo.evaluation.robustness import ATTACKS
+from demo.evaluation.robustness import ATTACKS, Stopped
 
 __all__ = ["RobustnessView", "choices_update", "show_examples", "show_robustness"]
 
@@ -84,14 +85,20 @@ def show_examples(session: dict | None, run: str, attack: str, strength: float):
     return plots.examples_figure(examples, run=sessions.short_label(chosen))
 
 
-def evaluate_thoroughly(session: dict | None, run: str, *, max_runs: int):
+def evaluate_thoroughly(session: dict | None, run: str, *, max_runs: int, max_seconds: float = 0.0):
     """/thorough: the run's robustness again, with APGD and a longer Square attack on more points;
     the run's record keeps the new results and masking checks (its config says `thorough`). Returns
     (session, figure, findings): the overlay of the newest runs, the thorough one among them with
     its extra panels, and what APGD, Square and the masking checks found, in words."""
     chosen, model = _run_with_model(session, inputs.run_id(run))
     record = chosen["record"]
-    report = robustness_report(model, inspect.load_data(record), record["config"]["seed"], thorough_evaluation=True)
+    try:
+        report = robustness_report(model, inspect.load_data(record), record["config"]["seed"], thorough_evaluation=True,
+                                   should_stop=deadline(max_seconds))
+    except Stopped:
+        raise inputs.refuse(f"The thorough evaluation of run #{chosen['id']} did not finish within this app's limit "
+                            f"of {max_seconds:g} s; its earlier results are kept. Evaluate a smaller model, or run "
+                            "`python -m demo train --thorough` on your own machine.") from None
     record = with_robustness(record, report.results, list(report.checks), thorough=True)
     chosen = {**chosen, "record": record}
     session = sessions.with_run(session, chosen, max_runs)
@@ -207,7 +214,7 @@ def wire(view: RobustnessView, session: gr.State, space: limits.Limits):
         preprocess=False,
     )
     return view.thorough.click(
-        partial(evaluate_thoroughly, max_runs=space.max_runs),
+        partial(evaluate_thoroughly, max_runs=space.max_runs, max_seconds=space.max_seconds),
         [session, view.run],
         [session, view.figure, view.findings],
         api_name="thorough",

@@ -4,7 +4,6 @@ estimator), with the numbers that show what goes wrong. The logic is demo.evalua
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -15,6 +14,7 @@ import gradio as gr
 
 from demo.app import controls as controls_view
 from demo.app import inputs, limits, plots
+from demo.app.running import deadline
 from demo.app.streaming import ACCELERATOR, HEAVY, SKIP, Throttle
 from demo.app.zerogpu import gpu_duration, on_gpu
 from demo.budget.memory import Estimator
@@ -22,6 +22,7 @@ from demo.engine import data
 from demo.engine.config import RunConfig
 from demo.engine.train import build_model, resolve_device
 from demo.evaluation import thread as thread_demo
+from demo.evaluation.robustness import Stopped
 
 __all__ = ["ThreadView", "thread_stream", "run_thread"]
 
@@ -68,8 +69,10 @@ def _thread_gpu_seconds(cfg: RunConfig, warmup_steps: int) -> int:
 
 
 @partial(on_gpu, duration=_thread_gpu_seconds)  # ZeroGPU: a GPU worker; unchanged elsewhere
-def thread_stream(cfg: RunConfig, warmup_steps: int) -> Iterator[dict[str, dict[str, float]]]:
-    """The torch-touching part: both approaches on the run's device; yields CPU numbers."""
+def thread_stream(cfg: RunConfig, warmup_steps: int, max_seconds: float = 0.0
+                  ) -> Iterator[dict[str, dict[str, float]]]:
+    """The torch-touching part: both approaches on the run's device; yields CPU numbers. It ends
+    (robustness.Stopped) `max_seconds` after it began, warm-up included."""
     device = resolve_device(cfg.device)
     dataset = data.load(cfg.dataset, seed=cfg.seed, device=device, noise=cfg.noise, num_classes=cfg.num_classes)
     model = build_model(cfg, dataset.input_shape, dataset.num_classes).to(device)
@@ -77,6 +80,7 @@ def thread_stream(cfg: RunConfig, warmup_steps: int) -> Iterator[dict[str, dict[
         model, dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test,
         penalty=cfg.penalty, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
         method=cfg.method, report_every=max(1, cfg.steps // 25), warmup_steps=warmup_steps,
+        should_stop=deadline(max_seconds),
     )
 
 
@@ -100,21 +104,28 @@ def run_thread(
                   device=device, penalty=penalty, steps=steps)
     cfg, warmup = _config(values, warmup_steps, space)
     records = {name: {"label": LABELS[name], "history": []} for name in thread_demo.APPROACHES}
-    started, pace = time.monotonic(), Throttle()
+    pace = Throttle()
     with inputs.plain_errors():
         memory.check(cfg, data.class_count(cfg.dataset, cfg.num_classes), resolve_device(cfg.device))
-        for report in thread_stream(cfg, warmup):
-            for name, values in report.items():
-                records[name]["history"].append(values)
-            done = report["ours"]["step"] == cfg.steps or time.monotonic() - started > space.max_seconds
-            update = pace.next(final=done)
-            if update == SKIP:
-                yield gr.skip(), gr.skip()
-            elif update == HEAVY:
-                runs = [(r["label"], r) for r in records.values()]
-                yield _numbers(records, cfg), plots.steps_figure(runs, plots.THREAD_PANELS)
-            if done:
-                return
+        try:
+            for report in thread_stream(cfg, warmup, space.max_seconds):
+                for name, values in report.items():
+                    records[name]["history"].append(values)
+                done = report["ours"]["step"] == cfg.steps
+                update = pace.next(final=done)
+                if update == SKIP:
+                    yield gr.skip(), gr.skip()
+                elif update == HEAVY:
+                    runs = [(r["label"], r) for r in records.values()]
+                    yield _numbers(records, cfg), plots.steps_figure(runs, plots.THREAD_PANELS)
+        except Stopped:  # the app's time limit, warm-up included: say so, keep what was drawn
+            limit = f"this app's limit of {space.max_seconds:g} s"
+            if not records["ours"]["history"]:
+                raise inputs.refuse(f"The warm-up of {warmup} steps did not finish within {limit}: ask for "
+                                    "fewer warm-up steps.") from None
+            runs = [(r["label"], r) for r in records.values()]
+            yield (_numbers(records, cfg) + f"\n\n*Stopped at {limit}.*",
+                   plots.steps_figure(runs, plots.THREAD_PANELS))
 
 
 def _config(values: dict[str, Any], warmup: Any, space: limits.Limits) -> tuple[RunConfig, int]:

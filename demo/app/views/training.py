@@ -123,7 +123,9 @@ def status_html(run: dict[str, Any]) -> str:
             f'<div class="jp-status">{bar} Run #{run["id"]}: step {step} of {cfg["steps"]} · '
             f"{speed:,.0f} samples/s · {device}{numbers}</div>"
         )
-    if status == STOPPED:
+    if status == STOPPED and record.get("message"):  # stopped by the app's time limit: it says so
+        outcome = f"Stopped at step {step} of {cfg['steps']}. {html.escape(record['message'])}"
+    elif status == STOPPED:
         outcome = f"Stopped at step {step} of {cfg['steps']}; the partial run is kept (see Runs)"
     elif status == COMPLETED:
         outcome = f"Finished {step} step{'' if step == 1 else 's'} in {final.get('elapsed', 0):.1f} s"
