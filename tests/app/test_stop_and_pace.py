@@ -316,3 +316,20 @@ def test_thread_cost_and_thorough_stop_at_the_limit_in_plain_words():
                "folder": ""}
     with pytest.raises(gr.Error, match="thorough evaluation of run #1 did not finish"):
         evaluate_thoroughly(session, "1", max_runs=20, max_seconds=1e-9)
+
+
+def test_stop_during_the_attacks_ends_the_work_before_the_event_ends():
+    """The accelerator's slot is free only when the work has stopped: once the handler has sent its
+    last update, no worker thread is still attacking (JP_CONCURRENCY=1 then holds)."""
+    handlers = handler()
+    updates = handlers.train(None, train_values(arch="lenet", steps=20, robustness=True), request=None)
+    for session, status, _, _ in updates:
+        record = session["runs"][-1]["record"] if isinstance(session, dict) and session.get("runs") else None
+        if record and record["history"] and record["history"][-1]["step"] == 20 and record["evaluations"] \
+                and record["evaluations"][-1]["step"] == 20:
+            break  # trained and evaluated: the attacks are running now
+    handlers.stops.request("")
+    last = list(updates)
+    assert last and last[-1][0]["runs"][-1]["record"]["status"] == STOPPED
+    assert last[-1][0]["runs"][-1]["record"]["robustness"] == {}  # stopped before the attacks ended
+    assert [t for t in threading.enumerate() if t.name == "jp-stream" and t.is_alive()] == []
