@@ -73,7 +73,9 @@ class RunConfig:
 
     dataset: str = "digits"
     arch: str = "mlp"
-    penalty: float = 0.01  # lambda, the weight of the Jacobian penalty in the loss
+    # The regulariser's strength: λ for jacobian, input_gradient and weight_decay; the training ε for
+    # adversarial; on when > 0 for spectral (REGULARIZERS).
+    penalty: float = 0.01
     method: str = "projection"
     num_projections: int = 1
     target: str = "logits"  # penalise d logits / dx, or d features / dx (penultimate layer)
@@ -91,7 +93,7 @@ class RunConfig:
     width: int = 256  # mlp hidden width
     depth: int = 2  # mlp hidden layers
     robustness: bool = True  # measure accuracy under noise, FGSM, PGD and Square at the end
-    regularizer: str = "jacobian"  # what `penalty` sets: jacobian, input_gradient, adversarial, spectral, weight_decay
+    regularizer: str = "jacobian"  # what the strength `penalty` sets (REGULARIZERS says how)
     thorough: bool = False  # robustness: also APGD, and Square with more queries on more points (slower)
 
     def __post_init__(self) -> None:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from demo.evaluation.robustness import checkpoint
+from demo.evaluation.robustness import accuracy, checkpoint
 from jacobian_penalty import jacobian_norms, jacobian_penalty
 
 __all__ = [
@@ -213,13 +213,13 @@ def _norm(tensors: list[Tensor]) -> float:
 def _evaluate(model: nn.Module, x: Tensor, y: Tensor, *, step: int) -> dict[str, float]:
     was_training = model.training
     model.eval()
-    accuracy = (model(x).argmax(dim=1) == y).sum().item() / len(y)
+    test_accuracy = accuracy(model, x, y)
     norms = jacobian_norms(model, x)
     column_sums = column_sum_norms(model, x)
     model.train(was_training)
     return {
         "step": step,
-        "test_accuracy": accuracy,
+        "test_accuracy": test_accuracy,
         "jacobian_norm": norms.mean().item(),
         "column_sum_norm": column_sums.mean().item(),
     }

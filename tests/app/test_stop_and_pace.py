@@ -323,7 +323,7 @@ def test_stop_during_the_attacks_ends_the_work_before_the_event_ends():
     last update, no worker thread is still attacking (JP_CONCURRENCY=1 then holds)."""
     handlers = handler()
     updates = handlers.train(None, train_values(arch="lenet", steps=20, robustness=True), request=None)
-    for session, status, _, _ in updates:
+    for session, _status, _, _ in updates:
         record = session["runs"][-1]["record"] if isinstance(session, dict) and session.get("runs") else None
         if record and record["history"] and record["history"][-1]["step"] == 20 and record["evaluations"] \
                 and record["evaluations"][-1]["step"] == 20:
