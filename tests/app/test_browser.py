@@ -384,6 +384,16 @@ def test_cost_view_measures_the_estimators(page, shots):
     expect_drawn(plot(panel, "Cost of a training step against C"), min_traces=5)
     assert_readable(plot(panel, "Cost of a training step against C"))
     expect(measure).to_be_enabled(timeout=VIEW_MS)
+    # The ms and the × columns come from the same medians: × = ms / the plain step's ms at that C.
+    grid = panel.get_by_role("grid", name="Measurements")
+    header = [text.strip() for text in grid.get_by_role("columnheader").all_inner_texts()]
+    rows = [dict(zip(header, [c.strip() for c in row.get_by_role("gridcell").all_inner_texts()], strict=True))
+            for row in grid.get_by_role("row").all()[1:]]
+    for row in rows:
+        plain = next(r for r in rows if r["method"] == "plain" and r["C"] == row["C"])
+        assert float(row["× plain step"]) == pytest.approx(float(row["ms per step"]) / float(plain["ms per step"]),
+                                                         abs=0.011, rel=0.01)
+    expect(panel.get_by_text(re.compile("so the two columns agree"))).to_be_visible()
     screenshot(page, panel, "cost", shots)
 
 
@@ -657,5 +667,51 @@ def test_a_reload_keeps_the_runs_and_the_controls_as_they_were_on_screen(browser
                 1, timeout=VIEW_MS)
         finally:
             other.close()
+    finally:
+        context.close()
+
+
+def test_numbers_that_cannot_mislead(browser, server, problems):
+    """A run too long for the app's limit is refused before it starts; a features-target run names
+    its Jacobian; a sweep over two regularisers trains the baseline once."""
+    context, page = new_page(browser, server, problems, VIEWPORT)
+    try:
+        # Exact at 300 classes for 20000 steps cannot finish within the limit: refused, with what fits.
+        choose(page, page, "Dataset", "synthetic")
+        expect(estimate(page)).to_contain_text("synthetic · mlp", timeout=VIEW_MS)
+        page.get_by_label("Classes of the synthetic set", exact=True).fill("300")
+        page.get_by_role("radio", name="exact", exact=True).check()
+        control(page, "Steps").fill("20000")
+        expect(estimate(page)).to_contain_text("Train will refuse it", timeout=RUN_MS)
+        train_button(page).click()
+        expect(page.locator(".toast-body")).to_contain_text("steps fit", timeout=RUN_MS)
+        expect(status(page)).to_contain_text("Choose settings and press Train")  # nothing started
+
+        # Penalising the features: the curves and the status line say which Jacobian is which.
+        choose(page, page, "Dataset", "digits")
+        expect(estimate(page)).to_contain_text("digits · mlp", timeout=VIEW_MS)
+        page.get_by_role("radio", name="projection", exact=True).check()
+        page.get_by_role("radio", name="features", exact=True).check()
+        control(page, "Steps").fill("30")
+        control(page, "Measure robustness at the end (noise, FGSM, PGD)").uncheck()
+        train_button(page).click()
+        expect(status(page)).to_contain_text(re.compile(r"Run #1 .*Finished 30 steps"), timeout=RUN_MS)
+        expect(status(page)).to_contain_text("of the features")
+        curves = plot(open_tab(page, "Training"), "Training curves")
+        expect_drawn(curves, min_traces=4)
+        names = curves.evaluate("gd => gd.data.map(t => t.name)")
+        assert any("of the features" in name for name in names), names
+
+        # A sweep over two regularisers with strength 0: one baseline, not one per regulariser.
+        page.get_by_role("radio", name="logits", exact=True).check()
+        panel = open_tab(page, "Sweep")
+        panel.get_by_label("Strengths (λ; ε for adversarial training)", exact=True).fill("0, 0.1")
+        panel.get_by_label("weight_decay", exact=True).check()
+        panel.get_by_role("button", name="Run sweep", exact=True).click()
+        expect(panel.locator(".jp-sweep-status")).to_contain_text("Run 3 of 3", timeout=2 * RUN_MS)
+        expect(panel.locator(".jp-sweep-status")).to_contain_text("The sweep is complete", timeout=2 * RUN_MS)
+        rows = panel.get_by_role("grid", name="The sweep's runs").get_by_role("row")
+        expect(rows).to_have_count(1 + 3, timeout=VIEW_MS)
+        assert problems == []
     finally:
         context.close()
