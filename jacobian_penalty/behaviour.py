@@ -119,7 +119,8 @@ def _report(f: Callable, sub: Tensor, passes: list[Tensor], seen: list, coupling
     k = sub.shape[0]
     module = _culprit(seen, k)
     if isinstance(module, _SEQUENCE_LAYERS) and not getattr(module, "batch_first", True):
-        reason = (f"has batch_first=False, so it reads dim 1 of its input as the batch and attends (or recurs) "
+        verb = "recurs" if isinstance(module, nn.RNNBase) else "attends"
+        reason = (f"has batch_first=False, so it reads dim 1 of its input as the batch and {verb} "
                   f"across dim 0, which holds the samples: changing one of {k} samples moved the others' outputs")
         message = coupling_message(module, reason, f, SEQUENCE_FIXES)
     elif isinstance(module, torch.nn.modules.batchnorm._BatchNorm):

@@ -252,7 +252,7 @@ def _jvp(f, x, n, create_graph, generator, coupling, kind, capture) -> tuple[Any
     Under autocast the passes run in full precision: forward mode fails on mixed dtypes.
     """
     batch, inputs = x.shape[0], x[0].numel()
-    us = probes.gaussian(n, batch, inputs, x, generator, kind).reshape(n, *x.shape)  # before f's random ops
+    us = probes.gaussian_like(n, batch, inputs, x, generator, kind).reshape(n, *x.shape)  # before f draws
     forward = Forward(f, x, double_backward=False, forward_mode=True, coupling=coupling, replay=n > 1,
                       capture=capture, full_precision=True)
     estimates = []

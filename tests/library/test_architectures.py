@@ -1,7 +1,8 @@
 """Every method on attention, recurrent and torchvision models, against the float64 oracle.
 
 The random estimators are checked exactly, not statistically: the test draws the same
-(independent, probes="iid") probes from the same seeded generator and applies them to the oracle Jacobian, so the penalty must equal
+(independent, probes="iid") probes from the same seeded generator and applies them to the oracle
+Jacobian, so the penalty must equal
 C mean ||v^T J||^2 (projection), mean ||J u||^2 (jvp) or D mean ||J d||^2 (fd, to O(h)).
 Each model runs in eval mode where PyTorch would pick a fused attention kernel without the
 derivatives the penalty needs, and the penalty must also backpropagate to the parameters.
