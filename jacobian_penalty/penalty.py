@@ -20,7 +20,7 @@ from jacobian_penalty.forward_mode import ForwardModeUnsafe
 from jacobian_penalty.guards import Forward, ForwardModeUnavailable, check_arguments, functorch_safe
 from jacobian_penalty.ops import sum_of_squares
 from jacobian_penalty.probes import PROBE_KINDS
-from jacobian_penalty.targets import Capture, check_target
+from jacobian_penalty.targets import Capture, check_target, uncompiled
 
 __all__ = [
     "AUTO", "METHODS", "MethodInfo", "DEFAULT_FD_STEP", "jacobian_penalty", "jacobian_norms", "per_sample_jacobian",
@@ -139,6 +139,7 @@ def jacobian_penalty(
     """
     check_arguments(x, method, {**METHODS, AUTO: None}, num_projections, chunk_size, fd_step, coupling)
     _check_options(x, method, probes, check_independence, explain)
+    f = uncompiled(f)
     check_target(f, target)
     capture = Capture(f, target)
     findings = first_call(f, x, capture, target, coupling, check_independence)
@@ -201,6 +202,7 @@ def jacobian_norms(
 ) -> Tensor:
     """Exact per-sample Frobenius norms ||J(x_b)||_F, shape (B,), without a graph (for reporting)."""
     check_arguments(x, "exact", METHODS, 1, chunk_size, DEFAULT_FD_STEP, coupling)
+    f = uncompiled(f)
     with torch.enable_grad():
         x_in = x.detach().requires_grad_(True)
         forward = Forward(f, x_in, double_backward=False, forward_mode=True, coupling=coupling, replay=True)
@@ -218,6 +220,7 @@ def per_sample_jacobian(f: Callable[[Tensor], Tensor], x: Tensor, *, coupling: s
     Meant for small batches (heatmaps): it holds all C x D numbers of each sample.
     """
     check_arguments(x, "exact", METHODS, 1, None, DEFAULT_FD_STEP, coupling)
+    f = uncompiled(f)
     with torch.enable_grad():
         x_in = x.detach().requires_grad_(True)
         forward = Forward(f, x_in, double_backward=False, forward_mode=False, coupling=coupling, replay=False)

@@ -19,6 +19,20 @@ from typing import Any
 from torch import nn
 
 
+def uncompiled(f: Any) -> Any:
+    """The eager module or function behind torch.compile's wrapper, else f itself.
+
+    The penalty runs f eagerly: PyTorch does not differentiate a compiled graph twice (double
+    backward through a compiled region is unsupported), and the penalty's hooks would make dynamo
+    warn about graph breaks on every call. The parameters are the same objects, so the caller's
+    compiled model trains as usual; only the penalty's passes are not compiled.
+    """
+    inner = getattr(f, "_orig_mod", None)  # torch.compile(module)
+    if isinstance(inner, nn.Module):
+        return inner
+    return getattr(f, "_torchdynamo_orig_callable", f)  # torch.compile(function)
+
+
 def root_module(f: Any) -> nn.Module | None:
     """The module behind f: f itself, the module of a bound method (`model.features`), else None."""
     if isinstance(f, nn.Module):
