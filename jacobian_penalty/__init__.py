@@ -37,9 +37,12 @@ behaviour. Attention and recurrent layers get kernels with the derivatives each 
 inside the call only (`jacobian_penalty.guards`).
 """
 
+from jacobian_penalty.costs import Plan, plan
+from jacobian_penalty.forward_mode import ForwardModeUnsafe
 from jacobian_penalty.guards import SampleCouplingError
 from jacobian_penalty.independence import check_samples_independent
 from jacobian_penalty.penalty import (
+    AUTO,
     DEFAULT_FD_STEP,
     METHODS,
     MethodInfo,
@@ -47,9 +50,16 @@ from jacobian_penalty.penalty import (
     jacobian_penalty,
     per_sample_jacobian,
 )
+from jacobian_penalty.spread import Spread, estimator_spread
 
 __all__ = [
+    "AUTO",
     "DEFAULT_FD_STEP",
+    "ForwardModeUnsafe",
+    "Plan",
+    "Spread",
+    "estimator_spread",
+    "plan",
     "METHODS",
     "MethodInfo",
     "SampleCouplingError",
@@ -58,4 +68,4 @@ __all__ = [
     "jacobian_penalty",
     "per_sample_jacobian",
 ]
-__version__ = "0.2.0"
+__version__ = "0.3.0"
