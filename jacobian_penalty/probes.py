@@ -2,8 +2,8 @@
 
 Every estimator averages n random products per sample. With independent probes the estimate's
 variance falls as 1/n. Orthogonal probes do better at the same cost: the n probes of one sample
-form a random orthonormal frame (Gram-Schmidt, or QR with signs fixed, of Gaussian vectors: a
-uniformly distributed frame). Each probe is still uniform on the sphere, so the estimate stays
+form a random orthonormal frame (QR of Gaussian vectors with the signs fixed: a uniformly
+distributed frame). Each probe is still uniform on the sphere, so the estimate stays
 unbiased, and n = C output projections (or n = D input directions) give the exact ||J||_F^2:
 the frame is then a rotation Q and (C/n) sum_k ||q_k^T J||^2 = ||Q^T J||_F^2 = ||J||_F^2.
 Measured on this project's models: benchmarks/results/estimator_variance_cpu.md.
@@ -34,31 +34,13 @@ def unit(n: int, batch: int, dim: int, like: Tensor, generator: torch.Generator 
         m = min(dim, n - start)
         g = randn((m, batch, dim), like, generator)  # (m, B, dim)
         work = g if g.dtype in (torch.float32, torch.float64) else g.float()  # QR needs float32 or 64
-        frame = _gram_schmidt(work) if m <= GRAM_SCHMIDT_MAX else _householder(work)
+        frame = _householder(work)
         blocks.append(frame.to(like.dtype))
     return torch.cat(blocks)
 
 
-# Up to this many probes a frame is built by Gram-Schmidt in a few batched ops; beyond, by QR.
-# torch.linalg.qr on a batch of small matrices costs about 6 ms on a CPU (128 of 10 x 4), more
-# than the VJPs it serves; Gram-Schmidt on the same Gaussian vectors gives the same distribution.
-GRAM_SCHMIDT_MAX = 32
-
-
-def _gram_schmidt(g: Tensor) -> Tensor:
-    """(m, B, dim) Gaussian rows -> orthonormal rows per sample (classical Gram-Schmidt, twice)."""
-    rows: list[Tensor] = []
-    for k in range(g.shape[0]):
-        v = g[k]  # (B, dim)
-        if rows:
-            q = torch.stack(rows)  # (k, B, dim)
-            for _ in range(2):  # the second pass restores orthogonality lost to rounding
-                v = v - torch.einsum("kb,kbd->bd", torch.einsum("bd,kbd->kb", v, q), q)
-        rows.append(v / v.norm(dim=1, keepdim=True))
-    return torch.stack(rows)
-
-
 def _householder(g: Tensor) -> Tensor:
+    """(m, B, dim) Gaussian rows -> orthonormal rows per sample, by QR with the signs fixed."""
     q, r = torch.linalg.qr(g.permute(1, 2, 0))  # (B, dim, m), (B, m, m)
     signs = torch.sign(torch.diagonal(r, dim1=1, dim2=2))
     q = q * torch.where(signs == 0, 1.0, signs).unsqueeze(1)  # uniform (Haar) frame
