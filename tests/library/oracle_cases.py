@@ -178,7 +178,7 @@ def library_slope(case: Case, method: str, **options: Any) -> tuple[float, float
 
 def _direction_of(case: Case) -> list[Tensor]:
     gen = torch.Generator().manual_seed(1234)
-    return [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in case.params()]
+    return [torch.randn(p.shape, generator=gen, dtype=p.dtype, device="cpu").to(p.device) for p in case.params()]
 
 
 @dataclass
