@@ -59,7 +59,12 @@ def first_call(f: Callable, x: Tensor, capture: Capture, target: Any, coupling: 
     store, key = _cache_slot(f, x, target)
     if store is not None and key in store:
         return store[key]
-    calls = behaviour(f, x, capture, coupling)
+    try:
+        calls = behaviour(f, x[:CHECK_SAMPLES], capture, coupling)
+    except SampleCouplingError:
+        raise
+    except Exception:  # noqa: BLE001 - f may only run on its full batch (a reshape by batch size)
+        calls = behaviour(f, x, capture, coupling)
     # Functional calls are named only when no LayerNorm module explains them.
     findings = Findings(by_type or tuple(sorted(calls)))
     if store is not None:
@@ -79,9 +84,10 @@ def _cache_slot(f: Callable, x: Tensor, target: Any) -> tuple[dict | None, tuple
 
 
 def behaviour(f: Callable, x: Tensor, capture: Capture, coupling: str) -> set[str]:
-    """Raise (or warn) if changing one sample moves another's target; return the unsafe calls seen."""
-    k = min(x.shape[0], CHECK_SAMPLES)
-    sub = x[:k].detach()
+    """Raise (or warn) if changing the first or the last sample of x moves another sample's target;
+    return the unsafe calls seen."""
+    k = x.shape[0]
+    sub = x.detach()
     scale = sub.float().std().item() or 1.0
     noise = torch.randn((2, *sub.shape[1:]), generator=torch.Generator().manual_seed(0), dtype=torch.float32)
     noise = (scale * noise).to(device=sub.device, dtype=sub.dtype)  # private generator: the stream is kept

@@ -52,7 +52,7 @@ METHODS = MappingProxyType(
             needs_double_backward=True,
         ),
         "jvp": MethodInfo(
-            "||J||_F^2, unbiased (forward-mode, Gaussian input probes)",
+            "||J||_F^2, unbiased (forward-mode, random input probes; refused through layer norm)",
             "one dual-number forward per probe, then backward through it",
             grows_with_outputs=False,
             needs_double_backward=False,
@@ -249,7 +249,8 @@ def _projection(
 
 
 def _jvp(f, x, n, create_graph, generator, coupling, kind, capture) -> tuple[Any, Tensor, Plan]:
-    """mean_k ||J_b u_k||^2 with u_k ~ N(0, I_D): forward mode, one dual forward per probe.
+    """mean_k ||J_b u_k||^2 with E[u u^T] = I_D (jacobian_penalty.probes): forward mode, one dual
+    forward per probe.
 
     x keeps its graph (x = feat(z): feat gets its gradient through the penalty and the loss).
     Under autocast the passes run in full precision: forward mode fails on mixed dtypes.
