@@ -76,11 +76,23 @@ def _cache_slot(f: Callable, x: Tensor, target: Any) -> tuple[dict | None, tuple
     root = root_module(f)
     if root is None:
         return None, ()
-    function = getattr(f, "__func__", None)  # a bound method: which one (model.features, model.forward)
-    selector = getattr(target, "__code__", target)  # a lambda made anew each step has the same code
-    key = (function, selector, tuple(m.training for m in root.modules()), tuple(x.shape[1:]), x.dtype,
+    # Only strings, numbers and tuples in the key: the cache travels with the module through
+    # copy.deepcopy and torch.save, so it must pickle (a lambda or a code object would not).
+    function = _name(getattr(f, "__func__", None))  # a bound method: which one (model.features, ...)
+    selector = target if isinstance(target, str | None) else _name(target)  # a lambda made anew each step
+    key = (function, selector, tuple(m.training for m in root.modules()), tuple(x.shape[1:]), str(x.dtype),
            x.device.type)
     return root.__dict__.setdefault(CACHE_ATTRIBUTE, {}), key
+
+
+def _name(fn: Any) -> str | None:
+    """Where a function was defined: the same for a lambda written once and made anew each call."""
+    if fn is None:
+        return None
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return f"{type(fn).__module__}.{type(fn).__qualname__}"
+    return f"{code.co_filename}:{code.co_firstlineno}:{code.co_name}"
 
 
 def behaviour(f: Callable, x: Tensor, capture: Capture, coupling: str) -> set[str]:

@@ -206,3 +206,19 @@ def test_a_compiled_model_is_quiet_and_gives_the_eager_penalty():
             (y.sum() + value).backward()
     assert not caught, [str(w.message)[:120] for w in caught]
     torch.testing.assert_close(value, expected)
+
+
+def test_a_checked_model_still_deep_copies_and_saves(tmp_path):
+    import copy
+
+    def select(out):
+        return out
+
+    model = Counting().to(DOUBLE)
+    x = torch.randn(4, 5, dtype=DOUBLE)
+    jacobian_penalty(model, x, target=select)  # caches a finding on the model
+    torch.save(copy.deepcopy(model), tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    calls = loaded.calls
+    jacobian_penalty(loaded, x, target=select)
+    assert loaded.calls == calls + 1  # the cache came along: no second check
