@@ -101,7 +101,8 @@ def behaviour(f: Callable, x: Tensor, capture: Capture, coupling: str) -> set[st
     k = x.shape[0]
     sub = x.detach()
     scale = sub.float().std().item() or 1.0
-    noise = torch.randn((2, *sub.shape[1:]), generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+    noise = torch.randn((2, *sub.shape[1:]), generator=torch.Generator().manual_seed(0), dtype=torch.float32,
+                        device="cpu")  # where the generator lives, whatever the default device
     noise = (scale * noise).to(device=sub.device, dtype=sub.dtype)  # private generator: the stream is kept
     first, last = sub.clone(), sub.clone()
     first[0] += noise[0]
