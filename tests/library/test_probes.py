@@ -66,3 +66,16 @@ def test_c_orthogonal_projections_are_exact_and_frames_are_orthonormal():
             gram = torch.einsum("kbd,jbd->bkj", block, block)
             m = block.shape[0]
             torch.testing.assert_close(gram, torch.eye(m, dtype=DOUBLE).expand(4, m, m), rtol=0, atol=1e-12)
+
+
+def test_estimator_spread_gives_per_seed_estimates_beside_the_exact_value():
+    from jacobian_penalty import estimator_spread
+
+    model, x = model_and_batch()
+    expected = exact_value(model, x)
+    one = estimator_spread(model, x, method="projection", num_projections=1, seeds=range(64))
+    assert one.exact == pytest.approx(expected, rel=1e-10) and len(one.estimates) == 64
+    assert abs(one.bias) < Z_TOLERANCE * one.std / math.sqrt(64) and one.relative_std > 0
+    assert one.plan.method == "projection" and one.seconds_per_call > 0
+    full = estimator_spread(model, x, method="projection", num_projections=6, seeds=range(4))  # C = 6
+    assert full.std < 1e-10 * expected and full.mean == pytest.approx(expected, rel=1e-10)
