@@ -48,8 +48,11 @@ bench-gpu:
 	mkdir -p $(RESULTS)
 	$(GPU_PY) -c "import torch; assert torch.cuda.is_available(), 'bench-gpu needs a CUDA GPU'; print(torch.cuda.get_device_name())"
 	-$(GPU_PY) -m pytest -q -p no:cacheprovider tests/library/test_cuda.py tests/library/test_jacobian.py tests/library/test_guards.py tests/library/test_architectures.py \
+	  tests/library/test_gradient_matrix.py tests/library/test_behaviour.py tests/library/test_probes.py \
 	  >$(RESULTS)/cuda_tests.txt 2>&1; status=$$?; tail -20 $(RESULTS)/cuda_tests.txt; exit $$status
+	$(GPU_PY) benchmarks/gradient_matrix.py --device cuda --out $(RESULTS)
 	$(GPU_PY) benchmarks/library_comparison.py --device cuda --repeats 7 --out $(RESULTS)
+	$(GPU_PY) benchmarks/estimator_variance.py --device cuda --out $(RESULTS)
 	$(GPU_PY) benchmarks/penalty_cost.py --device cuda --repeats 5 --out $(RESULTS)
 
 clean:

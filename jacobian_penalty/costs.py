@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import MappingProxyType
 
-__all__ = ["MODES", "Plan", "plan"]
+__all__ = ["AUTO_EXACT_COST_RATIO", "MODES", "Plan", "plan"]
 
 # mode -> (time in plain steps per product, graphs held per product)
 MODES = MappingProxyType({
@@ -40,6 +40,11 @@ MODES = MappingProxyType({
     "jvp_probes": (2.0, 3.0),   # jvp: one dual-number forward per probe, then backward through it
     "differences": (1.0, 1.0),  # fd: one more forward per direction, no double backward
 })
+
+
+# method="auto" takes the exact norm when it costs at most this many times the estimator it would
+# otherwise use (projection with the same num_projections): no variance is worth a little time.
+AUTO_EXACT_COST_RATIO = 2.0
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,21 @@ def plan(method: str, *, inputs: int, outputs: int, num_projections: int = 1,
 
     forward_mode_safe: False when the model has a layer whose forward-mode derivative is wrong or
     missing; exact then goes by rows whatever the shapes.
+
+    method="auto" returns the plan of the method it picks (its `method` field says which): exact
+    by rows when C is small, by columns when D is small and forward mode is safe (each costing at
+    most AUTO_EXACT_COST_RATIO times the estimator), projection otherwise. `jacobian_penalty(...,
+    method="auto", explain=True)` returns the same plan, so the app's estimate and the library's
+    choice come from one rule.
     """
+    if method == "auto":
+        exact = plan("exact", inputs=inputs, outputs=outputs, forward_mode_safe=forward_mode_safe)
+        estimator = plan("projection", inputs=inputs, outputs=outputs, num_projections=num_projections)
+        if exact.time_factor <= AUTO_EXACT_COST_RATIO * estimator.time_factor:
+            return _with_reason(exact, f"auto chose {exact.reason}, {exact.time_factor:g}x a plain step, at most "
+                                       f"{AUTO_EXACT_COST_RATIO:g}x projection's {estimator.time_factor:g}x")
+        return _with_reason(estimator, f"auto chose projection ({estimator.reason}), {estimator.time_factor:g}x "
+                                       f"a plain step: exact would be {exact.time_factor:g}x ({exact.reason})")
     if method == "exact":
         if inputs < outputs and forward_mode_safe:
             return _plan(method, "columns", inputs,
@@ -75,10 +94,14 @@ def plan(method: str, *, inputs: int, outputs: int, num_projections: int = 1,
         return _plan(method, "jvp_probes", num_projections, f"{num_projections} forward-mode input probe(s)")
     if method == "fd":
         return _plan(method, "differences", num_projections, f"{num_projections} finite difference(s)")
-    raise ValueError(f"Unknown method {method!r}; choose from exact, projection, jvp, fd.")
+    raise ValueError(f"Unknown method {method!r}; choose from exact, projection, jvp, fd, auto.")
 
 
 def _plan(method: str, mode: str, products: int, reason: str) -> Plan:
     time_per, graphs_per = MODES[mode]
     return Plan(method, mode, products, 1.0 + time_per * products, graphs_per * products,
                 mode in ("columns", "jvp_probes"), reason)
+
+
+def _with_reason(p: Plan, reason: str) -> Plan:
+    return Plan(p.method, p.mode, p.products, p.time_factor, p.graphs, p.forward_mode, reason)

@@ -75,12 +75,14 @@ def squared_norms(
     create_graph: bool,
     chunk_size: int | None,
     vjp_fn: Callable[[Tensor], tuple[Tensor, ...]] | None = None,
+    forward_mode_safe: bool = True,
 ) -> Tensor:
     """||J_b||_F^2 for every sample, shape (B,). y = f(x) with x's graph; vjp_fn, if given, is
-    torch.func's VJP function of the same pass (used for batched rows with a graph)."""
+    torch.func's VJP function of the same pass (used for batched rows with a graph).
+    forward_mode_safe: False when f has layer norm (jacobian_penalty.forward_mode): rows only."""
     y_flat = y.reshape(y.shape[0], -1)
     inputs, outputs = x[0].numel(), y_flat.shape[1]
-    if inputs < outputs and chunk_size is None:
+    if inputs < outputs and chunk_size is None and forward_mode_safe:
         try:
             return _by_columns(forward, x, create_graph)
         except ForwardModeUnavailable:

@@ -30,6 +30,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.modules import module as module_hooks
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from jacobian_penalty.replay import BufferLog, RandomState
+from jacobian_penalty.targets import Capture
+
 COUPLING_CHOICES = ("raise", "warn")
 # Layers whose `batch_first=False` means "dim 1 is the batch": fed (B, ...) they mix samples.
 _SEQUENCE_LAYERS = (
@@ -100,20 +103,19 @@ def check_output(y: Any, batch: int) -> Tensor:
     return y
 
 
-def _coupling_reason(module: nn.Module, args: tuple, batch: int) -> str | None:
+def _coupling_reason(module: nn.Module) -> str | None:
+    """Why a module couples samples, known from its type alone (checked before it runs, so that
+    SyncBatchNorm without a process group never starts). Everything else, sequence layers with the
+    wrong batch layout included, is found by behaviour (jacobian_penalty.behaviour)."""
     if isinstance(module, _BatchNorm) and (module.training or not module.track_running_stats):
-        return (
-            "normalises every sample with the mean and variance of the whole batch (BatchNorm in training "
-            "mode, or without running statistics), so every output depends on every sample"
-        )
-    if isinstance(module, _SEQUENCE_LAYERS) and not getattr(module, "batch_first", True):
-        first = args[0] if args else None
-        if isinstance(first, Tensor) and first.dim() == 3 and first.shape[0] == batch and first.shape[1] != batch:
-            return (
-                f"has batch_first=False, so it reads dim 1 of its input {tuple(first.shape)} as the batch and "
-                "attends (or recurs) across the samples of dim 0"
-            )
+        return BATCHNORM_REASON
     return None
+
+
+BATCHNORM_REASON = (
+    "normalises every sample with the mean and variance of the whole batch (BatchNorm in training "
+    "mode, or without running statistics), so every output depends on every sample"
+)
 
 
 def _module_name(module: nn.Module, owner: Any) -> str:
@@ -125,16 +127,29 @@ def _module_name(module: nn.Module, owner: Any) -> str:
     return type(module).__name__
 
 
-def coupling_message(module: nn.Module, reason: str, owner: Any) -> str:
+BATCHNORM_FIXES = (
+    "Fixes: run the model in eval mode for the penalty (model.eval()), use GroupNorm or LayerNorm instead of "
+    "BatchNorm. torch.func.replace_all_batch_norm_modules_ alone is not enough: it makes BatchNorm "
+    "vmap-compatible but still normalises with batch statistics."
+)
+SEQUENCE_FIXES = (
+    "Fixes: build the layer with batch_first=True, or hand it (sequence, batch, features) by transposing "
+    "inside f."
+)
+GENERIC_FIXES = (
+    "Fixes: remove the cross-sample operation from the part of the model the penalty sees (a mean, sum or "
+    "normalisation over dim 0, F.batch_norm with training=True, attention across the batch)."
+)
+
+
+def coupling_message(module: nn.Module | None, reason: str, owner: Any, fixes: str = BATCHNORM_FIXES) -> str:
+    who = f"{_module_name(module, owner)} " if module is not None else ""
+    measured = (" (with BatchNorm in training mode on 32 samples: 0.224 from 'exact' and 0.677 from "
+                "'projection' where the per-sample value is 0.564)") if fixes is BATCHNORM_FIXES else ""
     return (
-        f"{_module_name(module, owner)} {reason}. The penalty is a per-sample Jacobian taken through one "
-        "batched backward pass; here it would silently measure a mix of per-sample and cross-sample "
-        "derivatives instead (with BatchNorm in training mode on 32 samples: 0.224 from 'exact' and 0.677 "
-        "from 'projection' where the per-sample value is 0.564). Fixes: run the model in eval mode for the "
-        "penalty (model.eval()), use GroupNorm or LayerNorm instead of BatchNorm, or give sequence layers "
-        "batch_first=True. torch.func.replace_all_batch_norm_modules_ alone is not enough: it makes "
-        "BatchNorm vmap-compatible but still normalises with batch statistics. To go on anyway, pass "
-        "coupling='warn'."
+        f"{who}{reason}. The penalty is a per-sample Jacobian taken through one batched backward pass; here "
+        f"it would silently measure a mix of per-sample and cross-sample derivatives instead{measured}. "
+        f"{fixes} To go on anyway, pass coupling='warn'."
     )
 
 
@@ -152,64 +167,87 @@ def _backend_flag(backend: Any, value: bool) -> Iterator[None]:
 
 class Forward:
     """Runs f for one penalty call: checked output, derivative-capable kernels, coupling checks and
-    the same random state in every pass.
+    the same random state and buffers in every pass.
 
     double_backward: the method differentiates a VJP again (projection, exact in reverse).
     forward_mode: the method pushes tangents through f (jvp, exact in forward mode).
+    capture: reads the penalised tensor (the target) and f's full output from one pass.
+    full_precision: run f with autocast off (forward differences and forward mode in bfloat16 or
+        float16 are wrong: fd's difference drowns in rounding, jvp fails on mixed dtypes).
+    record: keep each module's output of every pass (the behaviour check names the culprit).
     """
 
     def __init__(self, f: Callable[[Tensor], Any], x: Tensor, *, double_backward: bool, forward_mode: bool,
-                 coupling: str, replay: bool) -> None:
+                 coupling: str, replay: bool, capture: Capture | None = None, full_precision: bool = False,
+                 record: bool = False) -> None:
         self.f = f
-        self.replay = replay  # more than one pass of f: remember the random state
+        self.capture = capture if capture is not None else Capture(f, None)
+        self.replay = replay  # more than one pass of f: remember the random state and buffers
         self.batch = x.shape[0]
         self.device = x.device
         self.double_backward = double_backward
         self.forward_mode = forward_mode
         self.coupling = coupling
-        self._start: _RandomState | None = None
-        self._after_first: _RandomState | None = None
+        self.full_precision = full_precision
+        self.record = record
+        self.output: Any = None  # f's full output from the first pass, for the caller's loss
+        self.module_outputs: list[tuple[nn.Module, Tensor | None]] = []
+        self._start: RandomState | None = None
+        self._after_first: RandomState | None = None
+        self._buffers = BufferLog() if replay else None
+        self._first = True
+
+    def _run(self, t: Tensor) -> tuple[Tensor, Any]:
+        target, out = self.capture(t)
+        return check_output(target, self.batch), out
+
+    def _begin(self) -> None:
+        if self.replay:
+            self._start = RandomState.capture(self.device)
+
+    def _end_first(self, out: Any) -> None:
+        self.output = out
+        self._first = False
+        if self.replay:
+            self._after_first = RandomState.capture(self.device)
+            self._buffers.first_pass_done()
 
     def __call__(self, x: Tensor) -> Tensor:
-        """y = f(x): the first pass of the call, with the random state remembered if it will replay."""
-        if self.replay:
-            self._start = _RandomState.capture(self.device)
+        """The target of f(x): the first pass of the call (its full output kept in self.output)."""
+        self._begin()
         with self._guarded():
-            y = check_output(self.f(x), self.batch)
-        if self.replay:
-            self._after_first = _RandomState.capture(self.device)
+            y, out = self._run(x)
+        self._end_first(out)
         return y
 
     def with_vjp(self, x: Tensor) -> tuple[Tensor, Callable[[Tensor], tuple[Tensor, ...]]]:
-        """(f(x), its VJP function) from torch.func.vjp: the first pass of the call.
+        """(target of f(x), its VJP function) from torch.func.vjp: the first pass of the call.
 
         The VJP function can be vmapped over many cotangents (functorch's batching rules, about
         2x faster than autograd's `is_grads_batched` with a graph); y also keeps an autograd
         graph to x when x requires grad, so plain `torch.autograd.grad` works on it too.
         """
-        if self.replay:
-            self._start = _RandomState.capture(self.device)
+        self._begin()
         with self._guarded():
-            y, vjp_fn = torch.func.vjp(lambda t: check_output(self.f(t), self.batch), x)
-        if self.replay:
-            self._after_first = _RandomState.capture(self.device)
+            y, vjp_fn, out = torch.func.vjp(self._run, x, has_aux=True)
+        self._end_first(out)
         return y, vjp_fn
 
     def again(self, x: Tensor) -> Tensor:
-        """f(x) again, with the random state the first pass saw (the same dropout mask)."""
+        """The target of f(x) again, with the random state and buffers the first pass saw."""
         self._rewind()
         with self._guarded():
-            return check_output(self.f(x), self.batch)
+            return self._run(x)[0]
 
     def tangent(self, x: Tensor, u: Tensor, *, first: bool = False) -> tuple[Tensor, Tensor]:
-        """(f(x), J u) by forward mode; differentiable w.r.t. f's parameters."""
-        if first and self.replay:
-            self._start = _RandomState.capture(self.device)
-        elif not first:
+        """(target of f(x), J u) by forward mode; differentiable w.r.t. f's parameters and x."""
+        if first:
+            self._begin()
+        else:
             self._rewind()
         with self._guarded():
             try:
-                y, ju = self._jvp(x, u)
+                y, ju, out = self._jvp(x, u)
             except NotImplementedError as error:
                 raise ForwardModeUnavailable(_op_name(error)) from error
             except RuntimeError as error:
@@ -219,47 +257,58 @@ class Forward:
                     "a custom torch.autograd.Function (forward mode needs its setup_context and jvp methods)"
                 ) from error
         if first:
-            self.mark()
+            self._end_first(out)
         return y, ju
 
     def mark(self) -> None:
         """Remember the present random state as the one to leave behind."""
         if self.replay:
-            self._after_first = _RandomState.capture(self.device)
+            self._after_first = RandomState.capture(self.device)
 
-    def _jvp(self, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    def _jvp(self, x: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Any]:
         if functorch_safe(self.f):
-            return torch.func.jvp(lambda t: check_output(self.f(t), self.batch), (x,), (u,))
+            return torch.func.jvp(self._run, (x,), (u,), has_aux=True)
         # DistributedDataParallel cannot run under torch.func's transforms (its reducer touches the
         # wrapped tensors' storage from the second step on): autograd's own dual numbers instead.
         with fwAD.dual_level():
-            out = check_output(self.f(fwAD.make_dual(x, u)), self.batch)
-            y, ju = fwAD.unpack_dual(out)
-        return y, ju
+            target, out = self._run(fwAD.make_dual(x, u))
+            y, ju = fwAD.unpack_dual(target)
+        return y, ju, out
 
     def finish(self) -> None:
-        """Leave the random state where one forward pass would have left it."""
+        """Leave the random state and buffers where one forward pass would have left them."""
         if self._after_first is not None:
             self._after_first.restore()
+        if self._buffers is not None:
+            self._buffers.leave()
+
+    def restore_start(self) -> None:
+        """Put the random state and buffers back as they were before the first pass."""
+        self._rewind()
 
     def _rewind(self) -> None:
         if self._start is not None:
             self._start.restore()
+        if self._buffers is not None:
+            self._buffers.rewind()
 
     @contextlib.contextmanager
     def _guarded(self) -> Iterator[None]:
         caller = threading.get_ident()
         open_flags: dict[int, list[contextlib.ExitStack]] = {}
+        first = self._first
 
         def before(module: nn.Module, args: tuple) -> None:
             if threading.get_ident() != caller:  # global hooks see every thread's modules
                 return
-            reason = _coupling_reason(module, args, self.batch)
+            reason = _coupling_reason(module)
             if reason:
                 message = coupling_message(module, reason, self.f)
                 if self.coupling == "raise":
                     raise SampleCouplingError(message)
                 warnings.warn(message, stacklevel=2)
+            if first and self._buffers is not None:
+                self._buffers.before(module)
             if isinstance(module, nn.RNNBase):
                 flags = contextlib.ExitStack()
                 if self.double_backward:
@@ -269,10 +318,16 @@ class Forward:
                 open_flags.setdefault(id(module), []).append(flags)
 
         def after(module: nn.Module, args: tuple, output: Any) -> None:
-            if threading.get_ident() == caller and open_flags.get(id(module)):
+            if threading.get_ident() != caller:
+                return
+            if open_flags.get(id(module)):
                 open_flags[id(module)].pop().close()
+            if self.record:
+                self.module_outputs.append((module, _rows(output, self.batch)))
 
         with contextlib.ExitStack() as stack:
+            if self.full_precision and torch.is_autocast_enabled(self.device.type):
+                stack.enter_context(torch.autocast(self.device.type, enabled=False))
             if self.double_backward or self.forward_mode:
                 stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
             stack.callback(module_hooks.register_module_forward_pre_hook(before).remove)
@@ -280,6 +335,18 @@ class Forward:
             # A forward that raised leaves its flags open: close them on the way out.
             stack.callback(lambda: [flags.close() for stacks in open_flags.values() for flags in stacks])
             yield
+
+
+def _rows(output: Any, batch: int) -> Tensor | None:
+    """The first tensor in a module's output with one row per sample (an RNN returns a tuple)."""
+    if isinstance(output, Tensor):
+        return output.detach() if output.dim() > 0 and output.shape[0] == batch else None
+    if isinstance(output, tuple | list):
+        for item in output:
+            found = _rows(item, batch)
+            if found is not None:
+                return found
+    return None
 
 
 def functorch_safe(f: Callable) -> bool:
@@ -303,20 +370,3 @@ class ForwardModeUnavailable(ValueError):
 def _op_name(error: BaseException) -> str:
     match = re.search(r"forward AD with (\S+) that does not support", str(error))
     return match.group(1) if match else "one of its operations"
-
-
-class _RandomState:
-    """The global CPU generator's state and, for a CUDA input, that device's."""
-
-    def __init__(self, device: torch.device, cpu: Tensor, cuda: Tensor | None) -> None:
-        self.device, self.cpu, self.cuda = device, cpu, cuda
-
-    @classmethod
-    def capture(cls, device: torch.device) -> _RandomState:
-        cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-        return cls(device, torch.get_rng_state(), cuda)
-
-    def restore(self) -> None:
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state(self.cuda, self.device)

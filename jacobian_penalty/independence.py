@@ -42,7 +42,7 @@ def check_samples_independent(
     sample %= batch
     changed = x.detach().clone()
     scale = x.detach().float().std().item() or 1.0
-    noise = torch.randn(x[sample].shape, dtype=x.dtype, generator=torch.Generator().manual_seed(0))
+    noise = torch.randn(x[sample].shape, dtype=x.dtype, generator=torch.Generator().manual_seed(0), device="cpu")
     changed[sample] = x[sample] + scale * noise.to(x.device)  # a private generator: the caller's stream is kept
     forward = Forward(f, x, double_backward=False, forward_mode=False, coupling="warn", replay=True)
     # coupling="warn", silenced: this check judges by behaviour, and says so below.
