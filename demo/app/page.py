@@ -15,6 +15,7 @@ and words, in the browser, after each draw.
 from __future__ import annotations
 
 import json
+from types import MappingProxyType
 
 __all__ = ["CSS", "NARROW_PX", "SCRIPT", "STACKED_PLACES"]
 
@@ -24,7 +25,7 @@ TICK_CHAR_PX = 7  # width of one character of a tick label (plotly's 12 px font)
 TICK_GAP_PX = 10
 # Help text (elements of class jp-hint) names panels by their place side by side; stacked, the
 # same panels stand in this order from the top.
-STACKED_PLACES = {"Left": "Top", "Middle": "Middle", "Right": "Bottom"}
+STACKED_PLACES = MappingProxyType({"Left": "Top", "Middle": "Middle", "Right": "Bottom"})
 
 CSS = f"""
 .jp-status, .jp-sweep-status {{ font-size: 0.95em; padding: 4px 2px; }}

@@ -15,9 +15,10 @@ handler waits for it (STOP_WAIT_S at most) before its event ends: the accelerato
 only when the work has stopped.
 
 Time: a run trains for its time budget (JP_MAX_SECONDS, demo.app.limits); its final evaluation and
-attacks get at most TAIL_SHARE of that again, after which the same stop ends them and the run is
-kept as it stands, saying so. Every other event that uses the accelerator (/thread, /thorough,
-/cost) stops at JP_MAX_SECONDS through `deadline`. No event holds the accelerator past its limit.
+attacks get TAIL_SHARE of that again (at least TAIL_MIN_S), after which the same stop ends them and
+the run is kept as it stands, saying so. Every other event that uses the accelerator (/thread,
+/thorough, /cost) stops at JP_MAX_SECONDS through `deadline`. No event holds the accelerator past
+its limit.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ from demo.engine.train import Evaluation, Finished, train
 __all__ = ["FINAL", "Tick", "follow", "run_stream", "visitor", "wire_stop"]
 
 FINAL = "final"
-TAIL_SHARE = 0.25  # the final evaluation and attacks may take this share of the time budget again
+# The final evaluation and attacks may take this share of the time budget again, and at least
+# TAIL_MIN_S (the attacks on a small model take a second or two, whatever the budget).
+TAIL_SHARE, TAIL_MIN_S = 0.25, 30.0
 # How long a stopped handler waits for the engine to notice: one step, or one attack level
 # (PGD-10 on 500 test points is the longest piece, a few seconds on vit here).
 STOP_WAIT_S = 30.0
@@ -82,9 +85,9 @@ def deadline(seconds: float | None) -> Callable[[], bool]:
 
 
 def run_limit_s(cfg: RunConfig) -> float | None:
-    """How long a run's event may hold the accelerator: its time budget, and TAIL_SHARE more for
-    the final evaluation and attacks (None: no budget, no limit)."""
-    return cfg.time_budget * (1 + TAIL_SHARE) if cfg.time_budget > 0 else None
+    """How long a run's event may hold the accelerator: its time budget, and TAIL_SHARE more (at
+    least TAIL_MIN_S) for the final evaluation and attacks (None: no budget, no limit)."""
+    return cfg.time_budget + max(TAIL_SHARE * cfg.time_budget, TAIL_MIN_S) if cfg.time_budget > 0 else None
 
 
 def follow(cfg: RunConfig, run_id: int, stop: threading.Event) -> Iterator[Tick]:

@@ -180,7 +180,9 @@ def test_no_input_takes_a_file_or_a_path():
     demo = build_demo(Limits())
     inputs = {type(block).__name__ for fn in demo.fns.values() for block in fn.inputs}
     assert not inputs & FILE_COMPONENTS, inputs
-    assert inputs <= {"State", "Number", "Slider", "Dropdown", "Radio", "Checkbox", "CheckboxGroup", "Textbox"}, inputs
+    # BrowserState carries only the visitor's token, drawn by the server (demo.app.visitors).
+    allowed = {"State", "BrowserState", "Number", "Slider", "Dropdown", "Radio", "Checkbox", "CheckboxGroup", "Textbox"}
+    assert inputs <= allowed, inputs
     # The data folder comes from the environment only: no run parameter is a path.
     assert not {f for f in RunConfig.__dataclass_fields__ if re.search("path|dir|root|file|folder", f)}
     # The one free-text input is the Sweep tab's list of strengths, which becomes numbers or a refusal.

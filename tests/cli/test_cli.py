@@ -29,7 +29,9 @@ def test_train_writes_the_json_summary_and_weights(tmp_path):
                  "--steps", "60", "--seed", "1", "--report-every", "20", "--json", str(out), "--weights", str(weights))
     assert result.returncode == 0, result.stderr
     record = json.loads(out.read_text())
-    assert record["config"] == RunConfig(penalty=0.01, steps=60, seed=1, report_every=20).to_dict()
+    # The record's config is the run's, with the classes the dataset has (10 digits), not the
+    # synthetic set's setting.
+    assert record["config"] == RunConfig(penalty=0.01, steps=60, seed=1, report_every=20, num_classes=10).to_dict()
     assert [h["step"] for h in record["history"]] == [20, 40, 60]
     assert 0 <= record["final"]["test_accuracy"] <= 1 and record["final"]["jacobian_norm"] > 0
     for attack, key in (("noise", "sigma"), ("fgsm", "epsilon"), ("pgd", "epsilon")):
@@ -150,7 +152,7 @@ def test_the_weights_carry_their_config_and_the_readme_reloads_them(tmp_path):
     namespace: dict = {}
     exec(snippet.replace("runs/digits.safetensors", str(weights)), namespace)  # noqa: S102 - our own README
     cfg, model = namespace["cfg"], namespace["model"]
-    assert cfg == RunConfig(dataset="moons", arch="mlp", steps=30, robustness=False)
+    assert cfg == RunConfig(dataset="moons", arch="mlp", steps=30, robustness=False, num_classes=2)
     reference = build_model(cfg, (2,), 2)
     reference.load_state_dict(load_file(str(weights)))
     x = torch.randn(16, 2)

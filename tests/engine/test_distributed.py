@@ -231,7 +231,7 @@ def test_torchrun_cli_trains_two_ranks_and_writes_one_json(tmp_path, method):
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
     record = json.loads(out.read_text())
     cfg = RunConfig(method=method, steps=20, batch_size=32, seed=1, report_every=10)
-    assert record["config"] == cfg.to_dict()
+    assert record["config"] == {**cfg.to_dict(), "num_classes": record["dataset"]["num_classes"]}
     assert record["status"] == "completed"
     assert record["distributed"] == {
         "world_size": 2, "backend": "gloo", "batch_size_per_rank": 32, "global_batch_size": 64,
