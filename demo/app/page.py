@@ -55,7 +55,7 @@ CSS = f"""
 # (perturbed inputs, the Jacobian's rows), the titles shrink to fit their columns.
 SCRIPT = f"""() => {{
   const NARROW = {NARROW_PX}, PANEL = {PANEL_PX}, CHAR = 0.62, SMALLEST = 7;
-  const TICK_CHAR = {TICK_CHAR_PX}, TICK_GAP = {TICK_GAP_PX}, PLACES = {json.dumps(STACKED_PLACES)};
+  const TICK_CHAR = {TICK_CHAR_PX}, TICK_GAP = {TICK_GAP_PX}, PLACES = {json.dumps(dict(STACKED_PLACES))};
   const PLACE = new RegExp("\\\\b(" + Object.keys(PLACES).join("|") + ")(?=:)", "g");
   const axes = (full) => Object.keys(full).filter((k) => /^xaxis\\d*$/.test(k) && full[k].visible !== false);
   const titled = (a) => a.xref === "paper" && a.yref === "paper" && typeof a.text === "string";

@@ -186,8 +186,19 @@ def test_no_input_takes_a_file_or_a_path():
     # The data folder comes from the environment only: no run parameter is a path.
     assert not {f for f in RunConfig.__dataclass_fields__ if re.search("path|dir|root|file|folder", f)}
     # The one free-text input is the Sweep tab's list of strengths, which becomes numbers or a refusal.
+    # The other is the copied link, read back after "Copy link" only as a URL's query of setting names.
     texts = {block.label for fn in demo.fns.values() for block in fn.inputs if type(block).__name__ == "Textbox"}
-    assert texts <= {"Strengths (λ; ε for adversarial training)"}, "a free-text input: is it ever used as a path?"
+    assert texts <= {"Strengths (λ; ε for adversarial training)", "Link to these settings"}, \
+        "a free-text input: is it ever used as a path?"
+    from demo.app.visitors import PageHandlers, Visitors
+
+    visitors = Visitors(ttl=60.0, capacity=10, on_drop=lambda session: None)
+    page = PageHandlers(visitors, ("dataset", "seed"), lambda request: [])
+    browser = {"visitor": visitors.restore(None)[0]}
+    for hostile in ("../../etc/passwd", "/tmp?dataset=x&evil=1", "file:///etc/passwd?seed=1", 7, None, "x" * 5000):
+        page.save_link(browser, hostile)
+    _, _, controls = visitors.restore(browser)
+    assert set(controls.get("_link", {})) <= {"dataset", "seed"}  # only setting names, as text, are kept
     from demo.app.views.sweep import parse_strengths
 
     assert parse_strengths("0, 0.01 1e-3") == [0.0, 0.01, 0.001]
