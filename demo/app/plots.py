@@ -512,6 +512,35 @@ def cost_figure(
     return _layout(fig, None)
 
 
+def estimators_figure(rows: Sequence[Mapping[str, Any]], *, of: str = "logits") -> go.Figure:
+    """Each estimator's estimates over seeds against the exact value (left: one column of dots per
+    (method, probes), the exact value dashed) and its relative spread against the time of one call
+    (right). Rows as demo.app.views.estimators.spreads gives them; `of` names the Jacobian."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[f"estimates of ‖J‖_F² of the {of} over seeds",
+                                                        "spread against cost"])
+    for index, row in enumerate(rows):
+        name = f"{row['method']} {row['probes']}"
+        color = axes.color(index)
+        fig.add_trace(go.Box(y=row["estimates"], name=name, legendgroup=name, boxpoints="all", jitter=0.4,
+                             pointpos=0, marker={"color": color, "size": 4}, line={"color": color}),
+                      row=1, col=1)
+        fig.add_trace(go.Scatter(x=[row["ms_per_call"]], y=[row["relative_std"]], name=name, legendgroup=name,
+                                 showlegend=False, mode="markers+text", text=[name], textposition="top center",
+                                 marker={"color": color, "size": 10,
+                                         "symbol": "diamond" if row["probes"] == "orthogonal" else "circle"}),
+                      row=1, col=2)
+    if rows:
+        fig.add_hline(y=rows[0]["exact"], line={"dash": "dash", "color": "#334155"}, row=1, col=1,
+                      annotation_text="exact", annotation_position="top left")
+    fig.update_xaxes(showticklabels=False, row=1, col=1)
+    spreads = [r["relative_std"] for r in rows if finite(r["relative_std"]) and r["relative_std"] > 0]
+    times = [r["ms_per_call"] for r in rows if finite(r["ms_per_call"]) and r["ms_per_call"] > 0]
+    fig.update_yaxes(title_text=f"‖J‖_F² of the {of}", row=1, col=1)
+    fig.update_xaxes(title_text="ms per call (no graph)", type="log", row=1, col=2, **log_ticks(times))
+    fig.update_yaxes(title_text="relative std of one estimate", type="log", row=1, col=2, **log_ticks(spreads))
+    return _layout(fig, None)
+
+
 def _image_axes(fig: go.Figure) -> None:
     """Heatmaps drawn as images: square pixels, row 0 at the top, no tick labels."""
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)

@@ -9,7 +9,7 @@ train or measure share the concurrency_id "accelerator" (JP_CONCURRENCY at a tim
 holds JP_QUEUE_SIZE events (demo.app.limits).
 
 Endpoints (api_name): train, runs, compare, download, jacobian, robustness, perturbed, thorough, sweep, thread,
-cost. Stop (Train's and Sweep's) is a request the running handler answers with one last update; a
+cost, estimators. Stop (Train's and Sweep's) is a request the running handler answers with one last update; a
 headless client can also call job.cancel().
 """
 
@@ -31,6 +31,7 @@ from demo.app import page, server, sharing, visitors
 from demo.app import session as sessions
 from demo.app.streaming import StopRequests
 from demo.app.views import cost as cost_view
+from demo.app.views import estimators as estimators_view
 from demo.app.views import jacobian as jacobian_view
 from demo.app.views import robustness as robustness_view
 from demo.app.views import runs as runs_view
@@ -118,6 +119,7 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
                     runs = runs_view.layout()
                     thread = thread_view.layout()
                     cost = cost_view.layout()
+                    estimators = estimators_view.layout()
 
         # Wiring
         controls_view.wire(controls)
@@ -134,6 +136,7 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
         sweep_event = sweep_view.wire(sweep, controls, session, space, estimator, stops, paces)
         thread_view.wire(thread, controls, space, estimator)
         cost_view.wire(cost, controls, space, estimator)
+        estimators_view.wire(estimators, controls, session, space)
 
         # On load: a returning visitor's runs and controls (demo.app.visitors), else the URL's settings;
         # "Copy link" writes them; presets set controls and open a tab.

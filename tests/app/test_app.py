@@ -60,7 +60,7 @@ def test_every_endpoint_is_named_and_train_has_defaults(client):
     api = client.view_api(return_format="dict", print_info=False)
     named = api["named_endpoints"]
     for name in ("/train", "/runs", "/compare", "/download", "/jacobian", "/robustness", "/perturbed", "/thread",
-                 "/cost", "/sweep"):
+                 "/cost", "/sweep", "/estimators"):
         assert name in named
     params = named["/train"]["parameters"]
     assert [p["parameter_name"] for p in params] == [
