@@ -10,7 +10,8 @@ The probe is bounded: it stops after PROBE_CAP_S whatever the settings (exact at
 takes seconds a step here), and what it did not reach in that time is extrapolated from what it
 did (an evaluation as EVALUATION_STEPS steps, the attacks as ROBUSTNESS_STEPS), and the Pace says
 so (`complete` False). Each step is timed on its own, so a Pace carries the spread of its steps
-(`step_low_s`, `step_high_s`) and the estimate is a range, not one optimistic figure.
+(`step_low_s`, `step_high_s`, without the one fastest and one slowest) and the estimate is a range, not one
+optimistic figure.
 
 `Paces` keeps the measurements of one app (they describe this machine, not a visitor), keyed by
 what changes the time of a step, for STALE_S seconds: after that the next estimate measures
@@ -109,11 +110,18 @@ def measure(cfg: RunConfig, cap_s: float = PROBE_CAP_S) -> Pace:
         evaluation_s=evaluation_s if evaluation_s is not None else EVALUATION_STEPS * step_s,
         robustness_s=(robustness_s if robustness_s is not None else ROBUSTNESS_STEPS * step_s)
         if cfg.robustness else 0.0,
-        step_low_s=min(step_times),
-        step_high_s=max(step_times),
+        step_low_s=_spread(step_times)[0],
+        step_high_s=_spread(step_times)[1],
         complete=complete and len(step_times) >= PROBE_STEPS,
         measured_at=time.monotonic(),
     )
+
+
+def _spread(times: list[float]) -> tuple[float, float]:
+    """The range of the timed steps without the single fastest and slowest when there are enough:
+    one step preempted by another process on a shared machine must not make the range 10x wide."""
+    ordered = sorted(times)
+    return (ordered[1], ordered[-2]) if len(ordered) >= 4 else (ordered[0], ordered[-1])
 
 
 @dataclass
