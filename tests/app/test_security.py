@@ -294,7 +294,7 @@ def test_path_like_run_names_are_refused_in_plain_words(owner, run):
 def test_launch_never_shares_and_never_widens_the_file_access(monkeypatch):
     seen = {}
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: seen.update(kwargs))
-    ui.launch(build_demo(Limits()))
+    ui.launch(build_demo(Limits()), prevent_thread_lock=True)
     assert seen["share"] is False
     assert not seen.get("allowed_paths")
     assert seen["max_file_size"] == ui.MAX_UPLOAD, "uploads are unbounded: anyone can fill the disk"
