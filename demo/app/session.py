@@ -161,10 +161,10 @@ def delete_files(session: Session | None) -> None:
     folder = Path((session or {}).get("folder") or "")
     if not (folder.name.startswith(FOLDER_PREFIX) and folder.parent == Path(tempfile.gettempdir())):
         return
-    cache = Path(_gradio_cache())
+    copies = Path(_gradio_cache())
     for path in folder.glob("run-*"):
-        copy = cache / _gradio_hash(path)
-        if copy.parent == cache and copy.name:
+        copy = copies / _gradio_hash(path)
+        if copy.parent == copies and copy.name:
             shutil.rmtree(copy, ignore_errors=True)
     shutil.rmtree(folder, ignore_errors=True)
 
