@@ -176,10 +176,13 @@ def step_mb(probe: Probe, count: int) -> float:
     return p2 + max(0, count - k2) * per_product
 
 
-def estimate(cfg: RunConfig, probe: Probe, num_classes: int) -> Estimate:
+def estimate(cfg: RunConfig, probe: Probe, num_classes: int, *, below_probe: bool = False) -> Estimate:
+    """The run's peak. Above the probe's batch the step scales through the origin (errs high);
+    below it the probe's own figure stands, unless `below_probe` (advice on a smaller batch,
+    which the check of that batch then measures at its own size)."""
     made = products(cfg, num_classes)
     # Through the origin from the probe's batch: a + bB <= (a + b b0) B / b0 when a >= 0 and B >= b0.
-    scale = max(1.0, cfg.batch_size / probe.batch)
+    scale = cfg.batch_size / probe.batch if below_probe else max(1.0, cfg.batch_size / probe.batch)
     train = step_mb(probe, made.count) * scale
     attacks = probe.plain_mb * max(1.0, ROBUSTNESS_SAMPLES / probe.batch) if cfg.robustness else 0.0
     kind = {"rows": "reverse-mode row", "columns": "forward-mode column", "probes": "projection",
@@ -288,7 +291,7 @@ def _largest_batch(cfg: RunConfig, probe: Probe, num_classes: int, budget: float
     low, high = 0, cfg.batch_size
     while low < high:  # the estimate grows with the batch: bisect
         middle = (low + high + 1) // 2
-        if estimate(cfg.replace(batch_size=middle), probe, num_classes).peak_mb <= budget:
+        if estimate(cfg.replace(batch_size=middle), probe, num_classes, below_probe=True).peak_mb <= budget:
             low = middle
         else:
             high = middle - 1
