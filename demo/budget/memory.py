@@ -12,8 +12,9 @@ forward-mode column at batch 2 is several times what a reverse graph at batch 32
 at PROBE_BATCH:
 
     step(k, b) = p(k) measured                          when k <= MAX_PROBED
-    step(k, b) = p(K) + (k - K) * (p(K) - p(K/2)) / (K/2)  else, K = 8, 16, 32, ... doubled until
+    step(k, b) = p(K) + (k - K) * (p(K) - p(K/2)) / (K/2)  else, K = 8, 16, 32, 64 doubled until
                                                         the peak visibly grows with the products
+                                                        (if it never does: slope p(K) / K)
     step(k, B) = step(k, b) * B / b                     B > b: through the origin, which errs high
 
 with p measured by torch's allocator events on the CPU and max_memory_allocated on CUDA. Evaluation
@@ -63,6 +64,7 @@ DEFAULT_FRACTION = 0.6  # of the available memory: the server, the page and othe
 SAFETY = 1.25
 PROBE_BATCH = 64  # the batch a probe measures at when the run's is larger
 MAX_PROBED = 8  # products measured directly; more are extrapolated from the last two counts measured
+MAX_DOUBLED = 64  # products a probe doubles up to; past it a hidden slope is bounded by p(K) / K
 # A doubling of the products that raised the peak by less than this fraction is doubled again: in
 # a slope read earlier the backward's temporaries still hide part of the graphs (measured: lenet's
 # 784 columns at batch 2 with C = 2000 were 1.3x the estimate with 5%).
@@ -176,6 +178,8 @@ def step_mb(probe: Probe, count: int) -> float:
         return probe.peaks[probe.products.index(count)]
     (k1, k2), (p1, p2) = probe.products[-2:], probe.peaks[-2:]
     per_product = max(0.0, (p2 - p1) / (k2 - k1))
+    if not grows(p1, p2):  # the doubling stopped at MAX_DOUBLED with the graphs still hidden:
+        per_product = max(per_product, p2 / k2)  # they are at most the whole peak
     return p2 + max(0, count - k2) * per_product
 
 
@@ -217,7 +221,7 @@ def measure_probe(cfg: RunConfig, num_classes: int, device: torch.device) -> Pro
         counts = list(first_counts(made.count))
         peaks = [measure(made.mode, count) for count in counts]
         # Double the products until the graphs show above the backward's temporaries (or all are made).
-        while len(counts) >= 2 and counts[-1] < made.count and not grows(*peaks[-2:]):
+        while len(counts) >= 2 and counts[-1] < min(made.count, MAX_DOUBLED) and not grows(*peaks[-2:]):
             counts.append(min(2 * counts[-1], made.count))
             peaks.append(measure(made.mode, counts[-1]))
         plain = peaks[0] if counts == [0] else measure("plain", 0)

@@ -64,7 +64,7 @@ def test_the_probe_doubles_the_products_until_the_graphs_show():
     cfg = RunConfig(dataset="synthetic", arch="mlp", method="exact", batch_size=2, num_classes=1000, robustness=False)
     probe = memory.measure_probe(cfg, 1000, CPU)
     assert probe.products[:2] == (4, 8) and len(probe.products) > 2, probe
-    assert memory.grows(*probe.peaks[-2:]) or probe.products[-1] == 784
+    assert memory.grows(*probe.peaks[-2:]) or probe.products[-1] == memory.MAX_DOUBLED
 
 
 def test_the_budget_comes_from_the_environment_or_the_available_memory():
