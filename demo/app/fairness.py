@@ -6,8 +6,9 @@ carry its results runs anyway, for nobody. So, counted from gradio's own queue (
 events and the running ones):
 - a session holds at most `Limits.session_events` events, and at most
   `Limits.session_accelerator_events` of those that train or measure (concurrency_id
-  "accelerator"); a client address at most `Limits.client_events` (a client can make fresh
-  sessions for free, not fresh addresses). Past that, /queue/join and /call get one sentence (429);
+  "accelerator"); a client address at most `Limits.client_events` waiting (a client can make
+  fresh sessions for free, not fresh addresses). Past that, /queue/join and /call get one
+  sentence (429);
 - an event whose session has not listened (GET /queue/data, or /call/<api>/<event_id>) for
   `Limits.listen_grace` seconds is dropped from the queue, or stopped at its next update if it
   runs. Gradio itself drops a session's events when its stream closes; this covers the streams
@@ -52,11 +53,19 @@ class Fairness:
                     "wait for it to finish (or press Stop) before starting another.")
         if len(mine) >= self.limits.session_events:
             return f"This session already has {len(mine)} requests waiting or running: wait for them to finish."
-        theirs = sum(_client_of(e) == client for e in events)
-        if theirs >= (self.limits.client_events or max(1, self.limits.queue_size // 2)):
-            return (f"Your address already has {theirs} requests waiting or running on this server, its share "
+        # An address's share counts what waits: that is what fills the queue (what runs is bounded by
+        # the concurrency), and a full queue is gradio's to say.
+        theirs = sum(_client_of(e) == client for e in self.waiting())
+        if theirs >= (self.limits.client_events or max(2, self.limits.queue_size // 2)):
+            return (f"Your address already has {theirs} requests waiting on this server, its share "
                     "of the queue: wait for them to finish.")
         return None
+
+    def waiting(self) -> list[Any]:
+        queue = self.queue()
+        if queue is None:
+            return []
+        return [e for q in queue.event_queue_per_concurrency_id.values() for e in q.queue]
 
     def events(self) -> list[Any]:
         """Gradio's waiting and running events."""

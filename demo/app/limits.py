@@ -15,8 +15,8 @@ by whoever deploys it:
     JP_SESSION_EVENTS              events one session may have waiting or running at once
     JP_SESSION_ACCELERATOR_EVENTS  of those, events that train or measure (a run, and the page's
                                    own duration estimate beside it)
-    JP_CLIENT_EVENTS               events one client address may have waiting or running (a
-                                   client makes fresh sessions for free); default half the queue
+    JP_CLIENT_EVENTS               events one client address may have waiting (a client makes
+                                   fresh sessions for free); default half the queue, at least 2
     JP_LISTEN_GRACE  seconds an event may wait for its client to listen before it is dropped
     JP_TORCH_THREADS torch's intra-op threads in the server (the models are small: on a shared
                      2-core machine two OpenMP threads spin against the web server and each
@@ -51,7 +51,7 @@ class Limits:
     max_sessions: int = 1000
     session_events: int = 8
     session_accelerator_events: int = 2
-    client_events: int = 0  # 0: half the queue (see from_env)
+    client_events: int = 0  # 0: half the queue, at least 2 (demo.app.fairness)
     listen_grace: float = 10.0
     torch_threads: int = 1
 
@@ -77,8 +77,7 @@ class Limits:
                 raise ValueError(f"{name} must be a positive finite number, got {raw!r}.")
             values[field.name] = int(number) if field.type == "int" else number
         limits = cls(**values)
-        client_events = limits.client_events or max(1, limits.queue_size // 2)
-        return dataclasses.replace(limits, max_steps=min(limits.max_steps, MAX_STEPS), client_events=client_events)
+        return dataclasses.replace(limits, max_steps=min(limits.max_steps, MAX_STEPS))
 
 
 def apply(cfg: RunConfig, limits: Limits) -> RunConfig:
