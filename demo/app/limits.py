@@ -12,6 +12,12 @@ by whoever deploys it:
                      a session whose page was closed for a fixed hour instead)
     JP_MAX_SESSIONS  sessions gradio keeps a record of (~0.2 MB each, never freed otherwise);
                      beyond it the least recently used one is dropped, runs and all
+    JP_SESSION_EVENTS              events one session may have waiting or running at once
+    JP_SESSION_ACCELERATOR_EVENTS  of those, events that train or measure (a run, and the page's
+                                   own duration estimate beside it)
+    JP_CLIENT_EVENTS               events one client address may have waiting (a client makes
+                                   fresh sessions for free); default half the queue, at least 2
+    JP_LISTEN_GRACE  seconds an event may wait for its client to listen before it is dropped
     JP_TORCH_THREADS torch's intra-op threads in the server (the models are small: on a shared
                      2-core machine two OpenMP threads spin against the web server and each
                      other and made the default run 5x slower here than one thread)
@@ -43,6 +49,10 @@ class Limits:
     max_runs: int = 20
     session_ttl: float = 2 * 3600.0
     max_sessions: int = 1000
+    session_events: int = 8
+    session_accelerator_events: int = 2
+    client_events: int = 0  # 0: half the queue, at least 2 (demo.app.fairness)
+    listen_grace: float = 10.0
     torch_threads: int = 1
 
     @classmethod

@@ -164,10 +164,34 @@ def write_files(session: Session, run: dict[str, Any]) -> tuple[str, str | None]
 
 
 def delete_files(session: Session | None) -> None:
-    """gr.State's delete_callback: remove the session's download folder, and only that."""
+    """gr.State's delete_callback: remove the session's download folder, and only that, with the
+    copies gradio made of its files in its cache to serve them (a folder named by the hash of
+    each file's bytes: demo.app.server gives gradio's cache a folder of this server's own)."""
     folder = Path((session or {}).get("folder") or "")
-    if folder.name.startswith(FOLDER_PREFIX) and folder.parent == Path(tempfile.gettempdir()):
-        shutil.rmtree(folder, ignore_errors=True)
+    if not (folder.name.startswith(FOLDER_PREFIX) and folder.parent == Path(tempfile.gettempdir())):
+        return
+    copies = Path(_gradio_cache())
+    for path in folder.glob("run-*"):
+        copy = copies / _gradio_hash(path)
+        if copy.parent == copies and copy.name:
+            shutil.rmtree(copy, ignore_errors=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _gradio_cache() -> str:
+    from gradio.utils import get_upload_folder
+
+    return get_upload_folder()
+
+
+def _gradio_hash(path: Path) -> str:
+    """The name of gradio's cache folder for a copy of `path` (gradio.processing_utils)."""
+    from gradio.processing_utils import hash_file
+
+    try:
+        return hash_file(path)
+    except OSError:
+        return ""
 
 
 def _rounded(value: Any, digits: int) -> float | None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import signal
 import threading
 from functools import partial
-from typing import Any
 
 import gradio as gr
 import torch
@@ -26,8 +25,8 @@ from starlette.middleware import Middleware
 
 from demo.app import controls as controls_view
 from demo.app import duration as duration_view
+from demo.app import fairness, guard, keeper, page, server, sharing, visitors
 from demo.app import limits as limits_module
-from demo.app import page, server, sharing, visitors
 from demo.app import session as sessions
 from demo.app.streaming import StopRequests
 from demo.app.views import cost as cost_view
@@ -90,8 +89,11 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
     """The app as a gr.Blocks, queue configured; limits from the environment unless given."""
     space = space or limits_module.Limits.from_env()
     defaults = RunConfig()
-    # Downloads gradio copied into its cache (and anything posted to its upload route) are
-    # deleted once older than a session's time to live: by then their session is gone.
+    # Gradio's cache in a folder of this server's own (its components read the place as they
+    # are made): removed at shutdown, and by the next server if this one is killed.
+    server.use_own_cache()
+    # Downloads gradio copied into its cache are deleted with their session
+    # (demo.app.session.delete_files), and in any case once older than a session's time to live.
     expiry = max(1, int(space.session_ttl))
     with gr.Blocks(title=TITLE, delete_cache=(expiry, expiry)) as demo:
         session = gr.State(sessions.new_session(), time_to_live=space.session_ttl,
@@ -174,40 +176,58 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
     # api_open=False: no REST route around the queue (POST /gradio_api/run/<api> answers 404), so
     # every event that trains or measures waits for the accelerator's concurrency slot.
     demo.queue(max_size=space.queue_size, default_concurrency_limit=space.concurrency, api_open=False)
+    demo.playground_limits = space  # what launch() enforces at the door for this app
     return demo
 
 
-def launch(demo: gr.Blocks, **options) -> tuple[Any, str, str | None] | None:
+def launch(demo: gr.Blocks, **options) -> tuple:
     """Serve on 127.0.0.1:7860 unless GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (or options) say
-    otherwise (gradio takes the next free port when 7860 is taken); never a public share link.
-    With prevent_thread_lock=True it returns at once with gradio's (app, local_url, share_url), as
-    tests launch it; otherwise it serves until interrupted. Theme and CSS are launch() arguments in Gradio 6.
-    Sets torch's intra-op threads for this server process (JP_TORCH_THREADS, see demo.app.limits).
-    The app takes no uploads, so gradio's upload route is held to MAX_UPLOAD; gradio keeps a
-    record (~0.2 MB) of every session it has seen, at most JP_MAX_SESSIONS of them."""
-    space = limits_module.Limits.from_env()
+    otherwise; never a public share link. Theme and CSS are launch() arguments in Gradio 6.
+    Returns gradio's (app, local url, share url); blocks until interrupted unless
+    prevent_thread_lock=True.
+
+    Around gradio it sets up what a public server needs (demo.app.server, fairness, keeper,
+    guard): torch's intra-op threads (JP_TORCH_THREADS); the Gate in front of every route, with
+    the queue's fairness; the session keeper; every handler's failure in plain words; the memory
+    ceiling (demo.budget.memory.set_ceiling); memory handed back while idle; a quiet log. The app
+    takes no uploads, so gradio's upload route is held to MAX_UPLOAD; gradio keeps a record
+    (~0.2 MB) of at most JP_MAX_SESSIONS sessions."""
+    space = getattr(demo, "playground_limits", None) or limits_module.Limits.from_env()
     torch.set_num_threads(space.torch_threads)
+    server.quiet_torch()
     monitoring = server.monitoring_wanted()
+    fair = fairness.Fairness(lambda: getattr(demo, "_queue", None), space)
     options = {
         "max_file_size": MAX_UPLOAD,
         "state_session_capacity": space.max_sessions,
         "enable_monitoring": monitoring,
         "app_kwargs": {"middleware": [Middleware(server.Gate, monitoring=monitoring,
-                                                 endpoints=partial(server.signatures, demo))]},
+                                                 endpoints=partial(server.signatures, demo), fairness=fair)]},
         **options,
     }
+    blocking = not options.pop("prevent_thread_lock", False)
     server.remove_stale_folders()
-    if options.get("prevent_thread_lock"):
-        return demo.launch(share=False, theme=gr.themes.Soft(), css=page.CSS, js=page.SCRIPT, **options)
-    # Blocking: serve until interrupted (Ctrl-C, or SIGTERM turned into the same), then remove
-    # this server's session folders.
-    if threading.current_thread() is threading.main_thread():
+    if blocking and threading.current_thread() is threading.main_thread():
+        # SIGTERM (a Space's restart, `kill`) and SIGHUP end the server as Ctrl-C does, so the
+        # clean-up below runs.
         signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGHUP, _interrupt)
     try:
-        demo.launch(share=False, theme=gr.themes.Soft(), css=page.CSS, js=page.SCRIPT, **options)
+        served = demo.launch(share=False, theme=gr.themes.Soft(), css=page.CSS, js=page.SCRIPT,
+                             prevent_thread_lock=True, **options)
+        if getattr(demo, "server_app", None) is not None:
+            keeper.install(demo)
+        guard.guard(demo)
+        if not blocking:  # a test's server in its own process: no process-wide limits
+            return served
+        memory.set_ceiling()
+        server.return_memory_when_idle(lambda: bool(fair.events()))
+        demo.block_thread()
+        return served
     finally:
-        server.remove_own_folders()
-    return None
+        if blocking:
+            server.remove_own_folders()
+            server.remove_own_folders(server.cache_folder().parent)
 
 
 def _interrupt(signum: int, frame: object) -> None:

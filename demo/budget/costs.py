@@ -17,9 +17,9 @@ import torch
 import models
 from demo.engine import data
 from demo.engine.config import RunConfig
-from jacobian_penalty.costs import plan
+from jacobian_penalty.costs import MODES, plan
 
-__all__ = ["StepCost", "step_cost", "target_width"]
+__all__ = ["Products", "StepCost", "products", "step_cost", "target_width"]
 
 ADVERSARIAL_STEPS = 3  # PGD-3 makes the adversarial examples (demo.engine.regularizers)
 
@@ -41,15 +41,35 @@ def target_width(cfg: RunConfig, num_classes: int | None = None) -> int:
     return model.head.in_features
 
 
-def step_cost(cfg: RunConfig, num_classes: int | None = None) -> StepCost:
-    """The cost of one training step of `cfg` (num_classes: C when known, else from the dataset)."""
-    if cfg.penalty == 0 or cfg.regularizer in ("spectral", "weight_decay"):
-        return StepCost(1.0, 0.0, "a plain step")
+@dataclass(frozen=True)
+class Products:
+    """What a step of `cfg` makes: `count` products per sample of kind `mode` (a MODES key of
+    jacobian_penalty.costs, or "plain"). The memory model probes this very kind of product."""
+
+    mode: str
+    count: int
+
+
+def products(cfg: RunConfig, num_classes: int | None = None) -> Products:
+    """The Jacobian products one training step of `cfg` makes (the regularisers' too)."""
+    if cfg.penalty == 0 or cfg.regularizer in ("spectral", "weight_decay", "adversarial"):
+        return Products("plain", 0)  # adversarial: PGD examples without a parameter graph, then a plain step
     if cfg.regularizer == "input_gradient":
-        return StepCost(3.0, 1.0, "one input gradient with a graph")  # one double backward, as one probe
-    if cfg.regularizer == "adversarial":
-        # PGD examples are made without a parameter graph: one forward + backward per PGD step.
-        return StepCost(1.0 + ADVERSARIAL_STEPS, 0.0, f"PGD-{ADVERSARIAL_STEPS} examples, then a plain step")
+        return Products("probes", 1)  # one input gradient with a graph: one reverse product
     inputs = math.prod(data.input_shape(cfg.dataset))
     p = plan(cfg.method, inputs=inputs, outputs=target_width(cfg, num_classes), num_projections=cfg.num_projections)
-    return StepCost(p.time_factor, p.graphs, p.reason)
+    return Products(p.mode, p.products)
+
+
+def step_cost(cfg: RunConfig, num_classes: int | None = None) -> StepCost:
+    """The cost of one training step of `cfg` (num_classes: C when known, else from the dataset):
+    its products (`products`) priced by the library's MODES table."""
+    made = products(cfg, num_classes)
+    if cfg.penalty > 0 and cfg.regularizer == "adversarial":
+        # PGD examples are made without a parameter graph: one forward + backward per PGD step.
+        return StepCost(1.0 + ADVERSARIAL_STEPS, 0.0, f"PGD-{ADVERSARIAL_STEPS} examples, then a plain step")
+    if made.mode == "plain":
+        return StepCost(1.0, 0.0, "a plain step")
+    time_per, graphs_per = MODES[made.mode]
+    return StepCost(1.0 + time_per * made.count, graphs_per * made.count,
+                    f"{made.count} {made.mode.replace('_', ' ')} product(s) a sample")

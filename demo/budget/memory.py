@@ -1,29 +1,45 @@
 """How much memory a run, a cost measurement or a thread comparison will need at its peak, and
-whether the server can give it that.
+whether the server can give it that; and the hard ceiling for when the estimate is wrong anyway.
 
-The model: a training step's peak grows linearly with the batch B, and a penalty adds one graph
-per VJP (or JVP) it keeps for the backward pass:
+The model. A training step with a Jacobian penalty makes `k` Jacobian products per sample and
+keeps each one's graph until the caller's backward, so its peak grows linearly in k once the
+graphs outweigh the backward's own temporaries, and linearly in the batch B. `k` and the kind of
+product come from the library's one cost table (jacobian_penalty.costs.plan): C rows by reverse
+mode or D columns by forward mode for exact (784 columns for a 28x28 image with more than 784
+classes), n probes for projection, jvp and fd. A probe measures that same kind of product on the
+real model, at the run's own batch when it is small (the batch that fooled a fitted line: a
+forward-mode column at batch 2 is several times what a reverse graph at batch 32 predicts), else
+at PROBE_BATCH:
 
-    peak(B) = one(B) + (k - 1) * (two(B) - one(B))
+    step(k, b) = p(k) measured                          when k <= MAX_PROBED
+    step(k, b) = p(K) + (k - K) * (p(K) - p(K/2)) / (K/2)  else, K = 8, 16, 32, 64 doubled until
+                                                        the peak visibly grows with the products
+                                                        (if it never does: slope p(K) / K)
+    step(k, B) = step(k, b) * B / b                     B > b: through the origin, which errs high
 
-with one(B) and two(B) measured on the real model by a probe (a forward + backward whose penalty
-keeps one and two VJP graphs: exact on the first one and two outputs, at two small batches,
-peak memory from torch's allocator, fitted as a + b B), and k = num_projections for projection
-and fd, three times that for jvp, and min(C, D) for exact (every row's, or column's, graph lives
-until the caller's backward); a plain step (lambda = 0) is measured as such. Evaluation and the attacks run on up to
-ROBUSTNESS_SAMPLES test points: plain(ROBUSTNESS_SAMPLES) bounds them. Parameters, gradients and
-Adam's two moments come on top. benchmarks/memory_model.py checks the model against measured
-peaks; docs/memory.md gives its measured error.
+with p measured by torch's allocator events on the CPU and max_memory_allocated on CUDA. Evaluation
+and the attacks run on ROBUSTNESS_SAMPLES test points: a plain step scaled to that many bounds
+them. Parameters, gradients and Adam's two moments come on top, and a safety margin SAFETY on the
+step. benchmarks/memory_model.py checks the model against measured peaks over architectures x
+methods x C x batch x probes; docs/memory.md gives the worst measured/estimated ratio.
 
 The budget is JP_MAX_MEMORY_MB, or DEFAULT_FRACTION of the memory available when the check runs
 (MemAvailable; on CUDA, the device's free memory). A request over it is refused in plain words
 that say what to lower.
+
+The ceiling (`set_ceiling`): if a run needs more than the model said, the kernel would end the
+whole server (a container's memory limit kills, it does not fail an allocation). So the server's
+address space is capped at what it uses at start plus CEILING_FRACTION of the memory available
+then (JP_MEMORY_CEILING_MB to choose): an allocation past it fails, and the run that made it ends
+as "out_of_memory" with a message, its memory freed, the server and the other runs alive.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,46 +50,48 @@ from torch import nn
 
 import models
 from demo.budget import timing as bench
-from demo.budget.costs import step_cost
+from demo.budget.costs import products
 from demo.engine.config import ConfigError, RunConfig
 from demo.engine.data import input_shape as dataset_shape
 from demo.engine.train import ROBUSTNESS_SAMPLES
 from jacobian_penalty import jacobian_penalty
 
 DEFAULT_FRACTION = 0.6  # of the available memory: the server, the page and other runs need the rest
-# The model's estimate of a step was 0.8-2x the measured peak (benchmarks/results/memory_model_cpu.md):
-# the check multiplies it by this, so an underestimate does not let a run through that cannot fit.
+# The worst measured/estimated ratio over benchmarks/memory_model.py's grid was below 1 / SAFETY
+# (docs/memory.md): the check multiplies the step by this so that no run it lets through is
+# larger than the model said.
 SAFETY = 1.25
-PROBE_BATCHES = (32, 128)
+PROBE_BATCH = 64  # the batch a probe measures at when the run's is larger
+MAX_PROBED = 8  # products measured directly; more are extrapolated from the last two counts measured
+MAX_DOUBLED = 64  # products a probe doubles up to; past it a hidden slope is bounded by p(K) / K
+# A doubling of the products that raised the peak by less than this fraction is doubled again: in
+# a slope read earlier the backward's temporaries still hide part of the graphs (measured: lenet's
+# 784 columns at batch 2 with C = 2000 were 1.3x the estimate with 5%).
+GROWTH_SEEN = 0.25
 # Copies of the parameters a run holds: the weights, their gradients, Adam's two moments, and
 # about two more of temporaries in Adam's step and the CPU copies of evaluations.
 STATE_COPIES = 6
+MAX_PROBES_KEPT = 256  # probes cached per server (each a few numbers); the oldest go first
+CEILING_FRACTION = 0.85  # of the memory available at start: the most the server may grow by
 MB = 2**20
 
 
 @dataclass(frozen=True)
-class Fit:
-    """Peak MB of one step as a + b * batch."""
-
-    a: float
-    b: float
-
-    def at(self, batch: int) -> float:
-        return max(0.0, self.a + self.b * batch)
-
-
-@dataclass(frozen=True)
 class Probe:
-    plain: Fit
-    one_graph: Fit
-    two_graphs: Fit
+    """Peak MB of one step of the run's kind of product, measured at `batch` for each count in
+    `products` (0: a plain step), plus a plain step and the optimizer's state."""
+
+    batch: int
+    products: tuple[int, ...]
+    peaks: tuple[float, ...]
+    plain_mb: float
     state_mb: float  # parameters, their gradients and Adam's two moments
 
 
 @dataclass(frozen=True)
 class Estimate:
     peak_mb: float
-    graphs: float  # VJP/JVP graphs held at once in a step, in units of one projection's
+    graphs: float  # Jacobian products per sample whose graphs a step holds at once
     what: str  # which part dominates, in words
 
 
@@ -107,58 +125,104 @@ def available_mb() -> float:
 
 
 def graphs_held(cfg: RunConfig, shape: tuple[int, ...], num_classes: int) -> float:
-    """How many VJP/JVP graphs one training step keeps for its backward pass (demo.budget.costs)."""
-    del shape  # the cost model reads the dataset's shape itself
-    return step_cost(cfg, num_classes).graphs
+    """How many Jacobian products' graphs one training step keeps for its backward pass."""
+    del shape  # the cost table reads the dataset's shape itself
+    return float(products(cfg, num_classes).count)
 
 
-def estimate(cfg: RunConfig, probe: Probe, num_classes: int) -> Estimate:
-    shape = dataset_shape(cfg.dataset)
-    k = graphs_held(cfg, shape, num_classes)
-    batch = cfg.batch_size
-    per_graph = max(0.0, probe.two_graphs.at(batch) - probe.one_graph.at(batch))
-    train = probe.plain.at(batch) if k == 0 else probe.one_graph.at(batch) + (k - 1) * per_graph
-    attacks = probe.plain.at(ROBUSTNESS_SAMPLES) if cfg.robustness else 0.0
-    what = (f"{k:g} Jacobian graph(s) of a batch of {cfg.batch_size}" if train >= attacks
+def probe_batch(cfg: RunConfig) -> int:
+    return min(cfg.batch_size, PROBE_BATCH)
+
+
+def first_counts(count: int) -> tuple[int, ...]:
+    """The product counts a probe measures first for a step of `count` products."""
+    if count == 0:
+        return (0,)
+    if count <= MAX_PROBED:
+        return (count,)
+    return (MAX_PROBED // 2, MAX_PROBED)
+
+
+def grows(small: float, large: float) -> bool:
+    """Whether doubling the products visibly raised the peak: below that, the backward's own
+    temporaries hide the graphs, and a slope read there would be too flat."""
+    return large - small > max(GROWTH_SEEN * small, 0.05)
+
+
+def step_mb(probe: Probe, count: int) -> float:
+    """The step's peak at the probe's batch for `count` products (measured, or extrapolated in k
+    from the last two counts measured)."""
+    if count in probe.products:
+        return probe.peaks[probe.products.index(count)]
+    (k1, k2), (p1, p2) = probe.products[-2:], probe.peaks[-2:]
+    per_product = max(0.0, (p2 - p1) / (k2 - k1))
+    if not grows(p1, p2):  # the doubling stopped at MAX_DOUBLED with the graphs still hidden:
+        per_product = max(per_product, p2 / k2)  # they are at most the whole peak
+    return p2 + max(0, count - k2) * per_product
+
+
+def estimate(cfg: RunConfig, probe: Probe, num_classes: int, *, below_probe: bool = False) -> Estimate:
+    """The run's peak. Above the probe's batch the step scales through the origin (errs high);
+    below it the probe's own figure stands, unless `below_probe` (advice on a smaller batch,
+    which the check of that batch then measures at its own size)."""
+    made = products(cfg, num_classes)
+    # Through the origin from the probe's batch: a + bB <= (a + b b0) B / b0 when a >= 0 and B >= b0.
+    scale = cfg.batch_size / probe.batch if below_probe else max(1.0, cfg.batch_size / probe.batch)
+    train = step_mb(probe, made.count) * scale
+    attacks = probe.plain_mb * max(1.0, ROBUSTNESS_SAMPLES / probe.batch) if cfg.robustness else 0.0
+    kind = {"rows": "reverse-mode row", "columns": "forward-mode column", "probes": "projection",
+            "jvp_probes": "forward-mode probe", "differences": "finite difference", "plain": "plain"}[made.mode]
+    what = (f"{made.count} {kind} graph(s) per sample in a batch of {cfg.batch_size}" if train >= attacks
             else f"the attacks on {ROBUSTNESS_SAMPLES} test points")
-    return Estimate(probe.state_mb + SAFETY * max(train, attacks), k, what)
+    return Estimate(probe.state_mb + SAFETY * max(train, attacks), float(made.count), what)
 
 
-def measure_probe(arch: str, shape: tuple[int, ...], num_classes: int, device: torch.device, *,
-                  width: int = 256, depth: int = 2) -> Probe:
-    """Peak memory of a forward + backward keeping no, one and two VJP graphs, at PROBE_BATCHES,
-    fitted in the batch. The optimizer's step is left out: its temporaries do not grow with the
-    batch and, at a probe's small batch, would hide the part that does."""
-    options = {"width": width, "depth": depth} if arch == "mlp" else {}
+def measure_probe(cfg: RunConfig, num_classes: int, device: torch.device) -> Probe:
+    """Peak memory of a forward + penalty + backward making the products a step of `cfg` makes
+    (at most MAX_PROBED of them) at the probe's batch, and of a plain step. The optimizer's step
+    is left out: its temporaries do not grow with the batch or the products."""
+    shape = dataset_shape(cfg.dataset)
+    options = {"width": cfg.width, "depth": cfg.depth} if cfg.arch == "mlp" else {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = models.build(arch, shape, num_classes, **options).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    peaks: dict[int, list[float]] = {0: [], 1: [], 2: []}  # graphs held -> peak MB per probe batch
-    for batch in PROBE_BATCHES:
+        model = models.build(cfg.arch, shape, num_classes, **options).to(device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        batch = probe_batch(cfg)
         x = torch.rand((batch, *shape), device=device)
         y = torch.randint(num_classes, (batch,), device=device)
-        for graphs, values in peaks.items():
-            step = _forward_backward(model, params, x, y, graphs)
-            values.append(bench.peak_memory_mb(step, device, lambda: model.zero_grad(set_to_none=True)) or 0.0)
+        made = products(cfg, num_classes)
+
+        def measure(mode: str, count: int) -> float:
+            step = _forward_backward(model, params, x, y, mode, count)
+            return bench.peak_memory_mb(step, device, lambda: model.zero_grad(set_to_none=True)) or 0.0
+
+        counts = list(first_counts(made.count))
+        peaks = [measure(made.mode, count) for count in counts]
+        # Double the products until the graphs show above the backward's temporaries (or all are made).
+        while len(counts) >= 2 and counts[-1] < min(made.count, MAX_DOUBLED) and not grows(*peaks[-2:]):
+            counts.append(min(2 * counts[-1], made.count))
+            peaks.append(measure(made.mode, counts[-1]))
+        plain = peaks[0] if counts == [0] else measure("plain", 0)
     state = STATE_COPIES * _parameters(model) * 4 / MB
-    return Probe(_fit(peaks[0]), _fit(peaks[1]), _fit(peaks[2]), state)
+    return Probe(batch, tuple(counts), tuple(peaks), plain, state)
 
 
-def _forward_backward(model: nn.Module, params: list, x: torch.Tensor, y: torch.Tensor, graphs: int):
-    """A step whose penalty keeps `graphs` VJP graphs: exact on the first `graphs` outputs, one row a pass."""
+def _forward_backward(model: nn.Module, params: list, x: torch.Tensor, y: torch.Tensor, mode: str, count: int):
+    """A step that makes `count` products of kind `mode`, with the cross-entropy on the logits."""
 
     def first_outputs(t: torch.Tensor) -> torch.Tensor:
-        return model(t)[:, :graphs]
+        return model(t)[:, :count]
 
     def step() -> None:
-        if graphs:
-            # The outputs are a slice of the logits: the cross-entropy takes the whole logits again,
-            # as a run's step would reuse them (one more forward's worth, small beside the graphs).
-            _, penalty = jacobian_penalty(first_outputs, x, method="exact", chunk_size=1)
-            loss = F.cross_entropy(model(x), y) + penalty
-        else:
+        if mode == "plain":
             loss = F.cross_entropy(model(x), y)
+        elif mode == "rows":  # exact on the first `count` outputs: `count` reverse-mode rows
+            _, term = jacobian_penalty(first_outputs, x, method="exact")
+            loss = F.cross_entropy(model(x), y) + term
+        else:  # columns are forward-mode products like jvp's probes: one dual forward each
+            method = {"columns": "jvp", "jvp_probes": "jvp", "probes": "projection", "differences": "fd"}[mode]
+            logits, term = jacobian_penalty(model, x, method=method, num_projections=count)
+            loss = F.cross_entropy(logits, y) + term
         loss.backward(inputs=params)
 
     return step
@@ -170,24 +234,28 @@ class Estimator:
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self.environ = environ
-        self._probes: dict[tuple, Probe] = {}
+        self._probes: OrderedDict[tuple, Probe] = OrderedDict()
         self._lock = threading.Lock()
 
     def probe(self, cfg: RunConfig, num_classes: int, device: torch.device) -> Probe:
-        shape = dataset_shape(cfg.dataset)
-        key = (cfg.arch, shape, num_classes, device.type, cfg.width, cfg.depth)
+        made = products(cfg, num_classes)
+        key = (cfg.arch, cfg.dataset, num_classes, device.type, cfg.width, cfg.depth, made.mode,
+               first_counts(made.count), probe_batch(cfg), cfg.robustness or made.count == 0)
         with self._lock:
             if key not in self._probes:
-                self._probes[key] = measure_probe(cfg.arch, shape, num_classes, device, width=cfg.width,
-                                                  depth=cfg.depth)
+                self._probes[key] = measure_probe(cfg, num_classes, device)
+                while len(self._probes) > MAX_PROBES_KEPT:
+                    self._probes.popitem(last=False)
+            self._probes.move_to_end(key)
             return self._probes[key]
 
     def check(self, cfg: RunConfig, num_classes: int, device: torch.device) -> Estimate:
         """The estimate, or ConfigError in plain words when it exceeds the budget."""
-        found = estimate(cfg, self.probe(cfg, num_classes, device), num_classes)
+        probe = self.probe(cfg, num_classes, device)
+        found = estimate(cfg, probe, num_classes)
         budget = budget_mb(device, self.environ)
         if found.peak_mb > budget:
-            raise ConfigError(_refusal(cfg, found, budget, self.probe(cfg, num_classes, device), num_classes))
+            raise ConfigError(_refusal(cfg, found, budget, probe, num_classes))
         return found
 
 
@@ -208,17 +276,60 @@ def _largest_batch(cfg: RunConfig, probe: Probe, num_classes: int, budget: float
     low, high = 0, cfg.batch_size
     while low < high:  # the estimate grows with the batch: bisect
         middle = (low + high + 1) // 2
-        if estimate(cfg.replace(batch_size=middle), probe, num_classes).peak_mb <= budget:
+        if estimate(cfg.replace(batch_size=middle), probe, num_classes, below_probe=True).peak_mb <= budget:
             low = middle
         else:
             high = middle - 1
     return low
 
 
-def _fit(peaks: list[float]) -> Fit:
-    (b1, b2), (m1, m2) = PROBE_BATCHES, peaks
-    slope = max(0.0, (m2 - m1) / (b2 - b1))
-    return Fit(m1 - slope * b1, slope)
+def set_ceiling(environ: Mapping[str, str] | None = None) -> float | None:
+    """Cap this process's address space (RLIMIT_AS) at its present size plus the ceiling, so an
+    allocation past it fails (and the run that made it ends as out_of_memory) before the kernel
+    ends the process. Returns the ceiling in MB, or None where none is set: not on Linux, or with
+    CUDA (its driver reserves far more address space than it uses). JP_MEMORY_CEILING_MB chooses
+    the growth allowed; default CEILING_FRACTION of the available memory; 0 turns it off."""
+    environ = os.environ if environ is None else environ
+    raw = environ.get("JP_MEMORY_CEILING_MB", "").strip()
+    try:
+        growth = float(raw) if raw else CEILING_FRACTION * available_mb()
+    except ValueError:
+        raise ValueError(f"JP_MEMORY_CEILING_MB must be a number of megabytes, got {raw!r}.") from None
+    if not 0 <= growth < float("inf"):
+        raise ValueError(f"JP_MEMORY_CEILING_MB must be a positive number of megabytes, got {raw!r}.")
+    if growth == 0 or torch.cuda.is_available():
+        return None
+    size = address_space_mb()
+    if size is None:
+        return None
+    limit = int((size + growth) * MB)
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    return limit / MB
+
+
+def address_space_mb() -> float | None:
+    """This process's virtual size (VmSize), or None where /proc does not say."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def resident_mb() -> float | None:
+    """This process's resident memory (VmRSS), or None where /proc does not say."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _parameters(model: nn.Module) -> int:

@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -211,6 +213,23 @@ def interleaved_times(
     return times
 
 
+def quiet_profiler() -> None:
+    """Keep the C++ profiler (kineto) from writing to stderr: its `profiler_start/stop` lines on
+    every measurement, "gpuGetDeviceCount failed" on a machine without a GPU, and "External init
+    callback must run in same thread as registerClient" when it first starts in a thread other
+    than the one that imported torch. KINETO_LOG_LEVEL=6 is above its highest level (a value the
+    deployer set is kept); called in the main thread, this also starts it there once, quietly."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+    if threading.current_thread() is threading.main_thread():
+        from torch.profiler import ProfilerActivity, profile
+
+        try:
+            with profile(activities=[ProfilerActivity.CPU]):
+                pass
+        except (RuntimeError, AttributeError):  # a profiler already running
+            pass
+
+
 def peak_memory_mb(
     fn: Callable[[], Any], device: torch.device, release: Callable[[], None] | None = None
 ) -> float | None:
@@ -236,6 +255,7 @@ def peak_memory_mb(
         return None
     from torch.profiler import ProfilerActivity, profile
 
+    quiet_profiler()
     try:
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             fn()

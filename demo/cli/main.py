@@ -1,22 +1,34 @@
 """Command line: `python -m demo train ...`, `python -m demo sweep ...`, `python -m demo list`.
 
-`train` flags are RunConfig's fields (`--batch-size` or `--batch_size`); `--json PATH` writes
-the run record, `--weights PATH` the trained weights (safetensors). A progress bar on a terminal,
-plain lines otherwise. Bad values get one plain sentence on stderr and exit status 2.
+`train` flags are RunConfig's fields (`--batch-size` or `--batch_size`), each explained by the
+field's comment in RunConfig and, for a choice, its choices; `--json PATH` writes the run record,
+`--weights PATH` the trained weights (safetensors). A progress bar on a terminal, plain lines
+otherwise. Bad values get one plain sentence on stderr and exit status 2.
+
+Ctrl-C, SIGTERM and SIGHUP (a `timeout`, `kill`, Slurm's end of a job, a closed ssh session) stop
+the run and write what was trained. Each output is written on its own: one that fails is named
+in the message and never costs the other. A file that cannot be written says why (exit 1).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
 import dataclasses
+import inspect
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import MappingProxyType
 
 import models
 from demo.cli import outputs
+from demo.engine import config as config_module
 from demo.engine import data, distributed
 from demo.engine import sweep as sweeps
-from demo.engine.config import REGULARIZERS, ConfigError, RunConfig
+from demo.engine.config import DEVICES, OPTIMIZERS, REGULARIZERS, TARGETS, ConfigError, RunConfig, label
 from demo.engine.record import FAILED, Recorder, to_json
 from demo.engine.train import Progress, Robustness, Started, resolve_device, train
 from jacobian_penalty import METHODS
@@ -25,17 +37,70 @@ EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 1
 
 
+STOP_SIGNALS = ("SIGTERM", "SIGHUP")  # ended like Ctrl-C: stop, write what was trained
+# What a field means, for the fields whose line in RunConfig has no comment yet (a comment there wins).
+UNCOMMENTED = MappingProxyType({
+    "dataset": "the data set to train on (python -m demo list describes each)",
+    "arch": "the architecture (python -m demo list describes each)",
+    "method": "the estimator of ||J||_F^2 for the Jacobian penalty",
+    "num_projections": "random probes per sample and step (projection, jvp and fd)",
+    "steps": "training steps",
+    "batch_size": "samples per training step",
+    "optimizer": "the optimizer",
+    "lr": "the learning rate",
+    "seed": "seeds the initialisation, the batches, the probes and the generated data sets",
+})
+
+
+def choices() -> dict[str, tuple[str, ...]]:
+    """The values each enumerated RunConfig field takes, as RunConfig checks them."""
+    return {"dataset": tuple(data.DATASETS), "arch": tuple(models.ARCHITECTURES), "method": tuple(METHODS),
+            "target": TARGETS, "optimizer": OPTIMIZERS, "device": DEVICES, "regularizer": tuple(REGULARIZERS)}
+
+
+def field_comments() -> dict[str, str]:
+    """Each RunConfig field's trailing comment in its source (what the field means), by name."""
+    source = inspect.getsource(config_module)
+    lines = source.splitlines()
+    tree = ast.parse(source)
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == RunConfig.__name__)
+    comments = {}
+    for node in cls.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            line = lines[node.end_lineno - 1]
+            if "#" in line:
+                comments[node.target.id] = line.split("#", 1)[1].strip()
+    return comments
+
+
+def field_help(name: str, default: object, comments: dict[str, str]) -> str:
+    """--name's help: the field's comment (or its label), its choices, its default."""
+    text = comments.get(name) or UNCOMMENTED.get(name) or label(name)
+    options = choices().get(name)
+    if options:
+        text += f"; one of: {', '.join(options)}"
+    if name == "method":
+        text += " (" + "; ".join(f"{n}: {m.estimates}" for n, m in METHODS.items()) + ")"
+    if name == "regularizer":
+        text = label(name) + ": " + "; ".join(f"{n}: {meaning}" for n, meaning in REGULARIZERS.items())
+    return f"{text} (default: {default})".replace("%", "%%")
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     defaults = RunConfig()
+    comments = field_comments()
     for f in dataclasses.fields(RunConfig):
         flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
         default = getattr(defaults, f.name)
+        text = field_help(f.name, default, comments)
         if f.type == "bool":
-            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=default)
+            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                                help=text)
         else:
             # Values stay strings here; RunConfig.from_mapping converts and explains bad ones.
-            parser.add_argument(*flags, dest=f.name, default=default, metavar=f.type.upper(),
-                                help=f"(default: {default})")
+            options = choices().get(f.name)
+            metavar = "{" + ",".join(options) + "}" if options else f.type.upper()
+            parser.add_argument(*flags, dest=f.name, default=default, metavar=metavar, help=text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -132,43 +197,91 @@ def _train(args: argparse.Namespace) -> int:
             distributed.shutdown()
 
 
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt, as Ctrl-C does, while the block runs."""
+    previous = {}
+    for name in STOP_SIGNALS:
+        number = getattr(signal, name, None)
+        if number is None:
+            continue
+        with contextlib.suppress(ValueError, OSError):  # not the main thread: leave them be
+            previous[number] = signal.signal(number, _interrupt)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def _train_and_write(args: argparse.Namespace, cfg: RunConfig, main: bool) -> int:
     recorder = Recorder(cfg)
     report = _Reporter(cfg.steps, args.quiet or not main)
-    try:
-        for event in train(cfg):
-            recorder.add(event)
-            report(event)
-    except (ConfigError, data.DatasetUnavailable) as exc:
+    with stop_signals():
+        try:
+            for event in train(cfg):
+                recorder.add(event)
+                report(event)
+        except (ConfigError, data.DatasetUnavailable) as exc:
+            report.close()
+            if main:
+                print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT if isinstance(exc, ConfigError) else EXIT_RUN_FAILED
+        except KeyboardInterrupt as interrupt:
+            if main:
+                why = f" ({interrupt.args[0]})" if interrupt.args else ""
+                print(f"\ninterrupted{why}: writing what was trained so far", file=sys.stderr)
         report.close()
-        if main:
-            print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT if isinstance(exc, ConfigError) else EXIT_RUN_FAILED
-    except KeyboardInterrupt:
-        if main:
-            print("\ninterrupted: writing what was trained so far", file=sys.stderr)
-    report.close()
-    recorder.stop()  # no-op after Finished; an interrupted run is kept as stopped
+        recorder.stop()  # no-op after Finished; an interrupted run is kept as stopped
 
-    record = recorder.record
-    if distributed.is_distributed():
-        record["distributed"] = distributed.describe(cfg.batch_size)
-    if not main:
-        return EXIT_RUN_FAILED if record["status"] in FAILED else 0
-    _summary(record)  # first: whatever happens to the files, the run's numbers are on the screen
-    try:
-        if args.json:
-            outputs.write_atomic(args.json, to_json(record, indent=1).encode())
-        if args.weights and recorder.state_dict:
-            from safetensors.torch import save
-
-            tensors = {k: v.contiguous() for k, v in recorder.state_dict.items()}
-            outputs.write_atomic(args.weights, save(tensors, metadata={"config": to_json(record["config"])}))
-    except OSError as exc:
-        print(f"error: the run finished, but writing its files failed: {exc.strerror or exc} "
-              f"({exc.filename or 'output file'}).", file=sys.stderr)
+        record = recorder.record
+        if distributed.is_distributed():
+            record["distributed"] = distributed.describe(cfg.batch_size)
+        if not main:
+            return EXIT_RUN_FAILED if record["status"] in FAILED else 0
+        _summary(record)  # first: whatever happens to the files, the run's numbers are on the screen
+        written = _write_outputs(args, record, recorder.state_dict)
+    if not written:
         return EXIT_RUN_FAILED
     return EXIT_RUN_FAILED if record["status"] in FAILED else 0
+
+
+def _write_outputs(args: argparse.Namespace, record: dict, state_dict: dict) -> bool:
+    """Each requested file, each on its own; False if any could not be written (each said why)."""
+    ok = True
+    if args.json:
+        ok &= _write_one("--json", args.json, lambda: to_json(record, indent=1).encode())
+    if args.weights:
+        if state_dict:
+            from safetensors.torch import save
+
+            def weights() -> bytes:
+                tensors = {k: v.contiguous() for k, v in state_dict.items()}
+                return save(tensors, metadata={"config": to_json(record["config"])})
+
+            ok &= _write_one("--weights", args.weights, weights)
+        else:
+            print(f"error: --weights {args.weights} was not written: the run stopped before its first evaluation "
+                  f"(step {record['final'].get('steps', 0)}), and weights are taken at evaluations. Train longer, "
+                  "or lower --eval-every.", file=sys.stderr)
+            ok = False
+    return ok
+
+
+def _write_one(flag: str, path: Path, content, quiet: bool = False) -> bool:
+    try:
+        outputs.write_atomic(path, content())
+    except (OSError, outputs.PathProblem) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        print(f"error: the run finished, but writing {flag} {path} failed: {reason}.", file=sys.stderr)
+        return False
+    if not quiet:
+        print(f"wrote {flag} {path}", file=sys.stderr)
+    return True
 
 
 def _summary(record: dict) -> None:
@@ -209,29 +322,29 @@ def _sweep(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     problem = next(filter(None, map(outputs.problem, (args.json, args.csv))), None)
-    if problem is None and args.csv is not None and outputs.clash(args.json, args.csv):
-        problem = "--json and --csv name the same file; give each its own."
+    problem = problem or outputs.clash(args.json, args.csv, names=("--json", "--csv"))
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
     records: list[dict] = []
-    try:
-        for index, cfg in enumerate(configs, start=1):
-            if not args.quiet:
-                print(f"run {index} of {len(configs)}: {cfg.regularizer} {cfg.penalty:g}", file=sys.stderr, flush=True)
-            recorder = Recorder(cfg)
-            for event in train(cfg):
-                recorder.add(event)
-            records.append(recorder.record)
-            _write_sweep(args, records)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: {len(records)} finished run(s) kept", file=sys.stderr)
-    except (ConfigError, data.DatasetUnavailable) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except OSError as exc:
-        print(f"error: writing the sweep's files failed: {exc.strerror or exc}.", file=sys.stderr)
-        return EXIT_RUN_FAILED
+    with stop_signals():
+        try:
+            for index, cfg in enumerate(configs, start=1):
+                if not args.quiet:
+                    print(f"run {index} of {len(configs)}: {cfg.regularizer} {cfg.penalty:g}", file=sys.stderr,
+                          flush=True)
+                recorder = Recorder(cfg)
+                for event in train(cfg):
+                    recorder.add(event)
+                records.append(recorder.record)
+                if not _write_sweep(args, records):
+                    return EXIT_RUN_FAILED
+        except KeyboardInterrupt as interrupt:
+            why = f" ({interrupt.args[0]})" if interrupt.args else ""
+            print(f"\ninterrupted{why}: {len(records)} finished run(s) kept", file=sys.stderr)
+        except (ConfigError, data.DatasetUnavailable) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     rows = sweeps.table(records, args.epsilon)
     print(f"{'regularizer':<15}{'strength':>9}{'test acc':>10}{'PGD acc':>9}{'Square':>8}{'||J||_F':>9}"
           f"{'ms/step':>9}  pareto")
@@ -242,8 +355,10 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_sweep(args: argparse.Namespace, records: list[dict]) -> None:
-    outputs.write_atomic(args.json, to_json({"runs": records}, indent=1).encode())
+def _write_sweep(args: argparse.Namespace, records: list[dict]) -> bool:
+    """The JSON and the CSV, each on its own; False if either failed (the message names it)."""
+    ok = _write_one("--json", args.json, lambda: to_json({"runs": records}, indent=1).encode(), quiet=True)
     if args.csv:
-        outputs.write_atomic(args.csv, sweeps.to_csv(sweeps.table(records, args.epsilon)).encode())
-
+        ok &= _write_one("--csv", args.csv, lambda: sweeps.to_csv(sweeps.table(records, args.epsilon)).encode(),
+                         quiet=True)
+    return ok

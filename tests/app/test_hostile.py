@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from apphelpers import url_from_log
 
 ROOT = Path(__file__).resolve().parents[2]
 GENERIC = "has not enabled verbose error reporting"
@@ -108,28 +108,25 @@ HOSTILE = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_app(tmp: Path, log: Path, **extra: str) -> tuple[subprocess.Popen, str]:
-    """`python app.py` on a free loopback port with its own temp folder and log; (process, base URL)."""
-    port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
+    """`python app.py` on loopback, on the port gradio picks (7860 or the next free one, read from
+    its log: no free-port race), with its own temp folder and log; (process, base URL)."""
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1",
            "TMPDIR": str(tmp), "GRADIO_TEMP_DIR": str(tmp / "gradio"), "GRADIO_ANALYTICS_ENABLED": "False",
            "PYTHONUNBUFFERED": "1", **extra}
     with log.open("wb") as out:
         process = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=out, stderr=out)
-    url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
+        url = url_from_log(log.read_text(errors="replace"))
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
+            if url is not None and httpx.get(url, timeout=2).status_code == 200:
                 return process, url
         except httpx.HTTPError:
-            time.sleep(0.3)
+            pass
+        if process.poll() is not None:
+            break
+        time.sleep(0.3)
     process.kill()
     pytest.fail(f"the app did not start: {log.read_text()[-2000:]}")
 

@@ -307,7 +307,7 @@ def test_path_like_run_names_are_refused_in_plain_words(owner, run):
 def test_launch_never_shares_and_never_widens_the_file_access(monkeypatch):
     seen = {}
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: seen.update(kwargs))
-    ui.launch(build_demo(Limits()))
+    ui.launch(build_demo(Limits()), prevent_thread_lock=True)
     assert seen["share"] is False
     assert not seen.get("allowed_paths")
     assert seen["max_file_size"] == ui.MAX_UPLOAD, "uploads are unbounded: anyone can fill the disk"
@@ -320,18 +320,17 @@ def test_the_running_app_serves_no_extra_folders_and_refuses_uploads(server):
 
     assert demo.allowed_paths == []
     # gradio registers its own icons as static files; nothing of ours is served that way.
-    package = Path(gr.__file__).parent
-    assert all(Path(path).is_relative_to(package) for path in _StaticFiles.all_paths), _StaticFiles.all_paths
+    package = Path(gr.__file__).resolve().parent  # .venv may be a link
+    assert all(Path(path).resolve().is_relative_to(package) for path in _StaticFiles.all_paths), _StaticFiles.all_paths
     assert demo.share is False
     big = httpx.post(f"{url}gradio_api/upload", files={"files": ("x.bin", b"\0" * 2**21)}, timeout=60)
     assert big.status_code == 403 and "no uploads" in big.text, (big.status_code, big.text[:200])
 
 
-def test_gradio_keeps_records_of_at_most_max_sessions_sessions(monkeypatch):
+def test_gradio_keeps_records_of_at_most_max_sessions_sessions():
     """Every visitor (every API call without a session) leaves gradio a ~0.2 MB record of the
     page that time_to_live does not free; JP_MAX_SESSIONS bounds how many are kept."""
-    monkeypatch.setenv("JP_MAX_SESSIONS", "5")
-    with served(Limits()) as (demo, url):
+    with served(Limits(max_sessions=5)) as (demo, url):
         for _ in range(12):
             assert raw_call(url, None, "runs")["event"] == "complete"
         assert len(demo.state_holder.session_data) <= 5
