@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # run as a script: the repository root on the pat
 
 import models  # noqa: E402
 from benchmarks.report import RESULTS_DIR, environment, write_report  # noqa: E402
-from demo.budget import memory  # noqa: E402
+from demo.budget import costs, memory  # noqa: E402
 from demo.budget import timing as bench  # noqa: E402
 from demo.engine.config import RunConfig  # noqa: E402
 from demo.engine.data import input_shape  # noqa: E402
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         estimate = (memory.estimate(cfg, probe, classes).peak_mb - probe.state_mb) / memory.SAFETY
         started = time.perf_counter()
         actual = measured(cfg, classes, device)
-        made = memory.products(cfg, classes)
+        made = costs.products(cfg, classes)
         rows.append({"arch": arch, "method": method, "num_projections": n, "classes": classes, "batch_size": batch,
                      "mode": made.mode, "products": made.count, "estimate_mb": estimate, "measured_mb": actual,
                      "ratio": actual / estimate, "ratio_with_margin": actual / (estimate * memory.SAFETY),

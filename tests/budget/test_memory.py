@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import models
-from demo.budget import memory
+from demo.budget import costs, memory
 from demo.budget import timing as bench
 from demo.engine import train as train_module
 from demo.engine.config import ConfigError, RunConfig
@@ -50,12 +50,12 @@ def test_the_estimate_with_its_margin_is_never_below_the_measured_peak(arch, met
 
 def test_products_follow_the_method_and_the_shapes():
     shape = (1, 28, 28)
-    assert memory.products(RunConfig(dataset="synthetic", method="exact"), 100) == memory.Products("rows", 100)
+    assert costs.products(RunConfig(dataset="synthetic", method="exact"), 100) == costs.Products("rows", 100)
     # More classes than the 784 inputs: exact goes by forward-mode columns, one per input.
-    assert memory.products(RunConfig(dataset="synthetic", method="exact"), 2000) == memory.Products("columns", 784)
-    assert memory.products(RunConfig(dataset="moons", method="exact"), 2) == memory.Products("rows", 2)
+    assert costs.products(RunConfig(dataset="synthetic", method="exact"), 2000) == costs.Products("columns", 784)
+    assert costs.products(RunConfig(dataset="moons", method="exact"), 2) == costs.Products("rows", 2)
     assert memory.graphs_held(RunConfig(dataset="synthetic", num_projections=3), shape, 100) == 3
-    assert memory.products(RunConfig(dataset="synthetic", method="jvp", num_projections=3), 100).mode == "jvp_probes"
+    assert costs.products(RunConfig(dataset="synthetic", method="jvp", num_projections=3), 100).mode == "jvp_probes"
     assert memory.graphs_held(RunConfig(dataset="synthetic", penalty=0.0), shape, 100) == 0
 
 
