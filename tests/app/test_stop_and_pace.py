@@ -109,7 +109,9 @@ def test_a_stop_after_a_run_ended_does_not_stop_the_next_run():
 
 
 def handler(**limits) -> Handlers:
-    return Handlers(Limits(**limits), Estimator(), StopRequests(), pace.Paces())
+    """The Train handler; an hour's time limit unless given, so the long runs Stop ends are never
+    refused as too long on a busy machine."""
+    return Handlers(Limits(**{"max_seconds": 3600.0, **limits}), Estimator(), StopRequests(), pace.Paces())
 
 
 def train_values(**changes) -> dict:
