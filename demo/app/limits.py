@@ -21,9 +21,11 @@ by whoever deploys it:
     JP_TORCH_THREADS torch's intra-op threads in the server (the models are small: on a shared
                      2-core machine two OpenMP threads spin against the web server and each
                      other and made the default run 5x slower here than one thread)
+    JP_MAX_MEMORY_MB the memory budget of one run, in MB (unset: 60% of the memory available when
+                     the run is checked; demo.budget.memory)
 
 The defaults suit one person on a laptop. `Limits.from_env()` is read once, when the app is
-built; `apply` turns a RunConfig into the one that may run here, or says in plain words why not.
+built; `check` says in plain words when RunConfig into the one that may run here, or says in plain words why not.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class Limits:
     client_events: int = 0  # 0: half the queue, at least 2 (demo.app.fairness)
     listen_grace: float = 10.0
     torch_threads: int = 1
+    max_memory_mb: float = 0.0  # 0: the memory budget is demo.budget.memory's share of what is available
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:

@@ -126,7 +126,7 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
         # Wiring
         controls_view.wire(controls)
         # One memory estimator per app: its probes describe models, and are shared by the sessions.
-        estimator = memory.Estimator()
+        estimator = memory.Estimator(space.max_memory_mb)
         # One registry of Stop requests per app: it describes running handlers, keyed by session.
         stops = StopRequests()  # one per app: Train's and Sweep's Stop
         paces = pace.Paces()  # one per app: the estimate under Steps and Train's refusal read the same

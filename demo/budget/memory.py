@@ -23,7 +23,7 @@ them. Parameters, gradients and Adam's two moments come on top, and a safety mar
 step. benchmarks/memory_model.py checks the model against measured peaks over architectures x
 methods x C x batch x probes; docs/memory.md gives the worst measured/estimated ratio.
 
-The budget is JP_MAX_MEMORY_MB, or DEFAULT_FRACTION of the memory available when the check runs
+The budget is the app's JP_MAX_MEMORY_MB (demo.app.limits), or DEFAULT_FRACTION of the memory available when the check runs
 (MemAvailable; on CUDA, the device's free memory). A request over it is refused in plain words
 that say what to lower.
 
@@ -95,18 +95,11 @@ class Estimate:
     what: str  # which part dominates, in words
 
 
-def budget_mb(device: torch.device, environ: Mapping[str, str] | None = None) -> float:
-    """JP_MAX_MEMORY_MB, else DEFAULT_FRACTION of the available memory (of the GPU for CUDA)."""
-    environ = os.environ if environ is None else environ
-    raw = environ.get("JP_MAX_MEMORY_MB", "").strip()
-    if raw:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError(f"JP_MAX_MEMORY_MB must be a number of megabytes, got {raw!r}.") from None
-        if not 0 < value < float("inf"):
-            raise ValueError(f"JP_MAX_MEMORY_MB must be a positive number of megabytes, got {raw!r}.")
-        return value
+def budget_mb(device: torch.device, configured_mb: float | None = None) -> float:
+    """`configured_mb` (the app's JP_MAX_MEMORY_MB, read by demo.app.limits), else DEFAULT_FRACTION of
+    the available memory (of the GPU for CUDA)."""
+    if configured_mb:
+        return float(configured_mb)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return DEFAULT_FRACTION * free / MB
@@ -232,8 +225,8 @@ class Estimator:
     """Probes cached by what they depend on (one per server, shared by its sessions: the numbers
     describe models, not visitors), and the check that refuses what would not fit."""
 
-    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
-        self.environ = environ
+    def __init__(self, budget_mb: float | None = None) -> None:
+        self.budget_mb = budget_mb  # MB; None or 0: DEFAULT_FRACTION of what is available
         self._probes: OrderedDict[tuple, Probe] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -253,7 +246,7 @@ class Estimator:
         """The estimate, or ConfigError in plain words when it exceeds the budget."""
         probe = self.probe(cfg, num_classes, device)
         found = estimate(cfg, probe, num_classes)
-        budget = budget_mb(device, self.environ)
+        budget = budget_mb(device, self.budget_mb)
         if found.peak_mb > budget:
             raise ConfigError(_refusal(cfg, found, budget, probe, num_classes))
         return found

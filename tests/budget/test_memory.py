@@ -67,16 +67,19 @@ def test_the_probe_doubles_the_products_until_the_graphs_show():
     assert memory.grows(*probe.peaks[-2:]) or probe.products[-1] == memory.MAX_DOUBLED
 
 
-def test_the_budget_comes_from_the_environment_or_the_available_memory():
-    assert memory.budget_mb(CPU, {"JP_MAX_MEMORY_MB": "1234"}) == 1234
-    assert 0 < memory.budget_mb(CPU, {}) <= memory.available_mb()
+def test_the_budget_comes_from_the_apps_limits_or_the_available_memory():
+    from demo.app.limits import Limits
+
+    # JP_MAX_MEMORY_MB is read where every JP_* limit is read, once, in plain words when wrong.
+    assert memory.budget_mb(CPU, Limits.from_env({"JP_MAX_MEMORY_MB": "1234"}).max_memory_mb) == 1234
+    assert 0 < memory.budget_mb(CPU, Limits.from_env({}).max_memory_mb) <= memory.available_mb()
     for bad in ("lots", "-5", "0", "inf"):
         with pytest.raises(ValueError, match="JP_MAX_MEMORY_MB"):
-            memory.budget_mb(CPU, {"JP_MAX_MEMORY_MB": bad})
+            Limits.from_env({"JP_MAX_MEMORY_MB": bad})
 
 
 def test_a_run_over_the_budget_is_refused_with_what_to_lower():
-    estimator = memory.Estimator({"JP_MAX_MEMORY_MB": "1500"})
+    estimator = memory.Estimator(1500.0)
     big = RunConfig(dataset="synthetic", arch="vit", method="exact", batch_size=512)
     with pytest.raises(ConfigError) as caught:
         estimator.check(big, 100, CPU)
