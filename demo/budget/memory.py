@@ -24,8 +24,8 @@ step. benchmarks/memory_model.py checks the model against measured peaks over ar
 methods x C x batch x probes; docs/memory.md gives the worst measured/estimated ratio.
 
 The budget is the app's JP_MAX_MEMORY_MB (demo.app.limits), or DEFAULT_FRACTION of the memory
-available when the check runs (MemAvailable; on CUDA, the device's free memory). A request over it is refused in plain words
-that say what to lower.
+available when the check runs (MemAvailable; on CUDA, the device's free memory). A request over
+it is refused in plain words that say what to lower.
 
 The ceiling (`set_ceiling`): if a run needs more than the model said, the kernel would end the
 whole server (a container's memory limit kills, it does not fail an allocation). So the server's
