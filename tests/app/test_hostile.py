@@ -131,15 +131,20 @@ def start_app(tmp: Path, log: Path, **extra: str) -> tuple[subprocess.Popen, str
     pytest.fail(f"the app did not start: {log.read_text()[-2000:]}")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`python app.py` in a child process: (base URL, path of its log, its temp folder, the process)."""
-    tmp = tmp_path_factory.mktemp("hostile")
+def app_server(tmp_path_factory, name: str):
+    """`python app.py` in a child process, for a module's fixture: yields (base URL, path of its
+    log, its temp folder, the process), and ends it after."""
+    tmp = tmp_path_factory.mktemp(name)
     log = tmp / "server.log"
     process, url = start_app(tmp, log, JP_MAX_MEMORY_MB="8000")
     yield url, log, tmp, process
     process.terminate()
     process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    yield from app_server(tmp_path_factory, "hostile")
 
 
 def call(url: str, api: str, body: str, session: str = "hostile") -> tuple[str, str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_hostile import TRAIN, call, start_app
+from test_hostile import TRAIN, app_server, call, start_app
 
 LOG_NOISE = ("Traceback", "USDT", "profiler_start", "profiler_stop", "External init callback",
              "gpuGetDeviceCount", "torch.jit.script")
@@ -30,12 +30,7 @@ def rss_mb(pid: int) -> float:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("door")
-    log = tmp / "server.log"
-    process, url = start_app(tmp, log, JP_MAX_MEMORY_MB="8000")
-    yield url, log, tmp, process
-    process.terminate()
-    process.wait(timeout=30)
+    yield from app_server(tmp_path_factory, "door")
 
 
 def fn_indices(url: str) -> dict[str, int]:
