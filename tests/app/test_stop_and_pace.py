@@ -37,7 +37,7 @@ TRAIN_VALUES = dict(dataset="digits", arch="mlp", penalty=0.01, method="projecti
 def test_in_background_yields_every_item_then_ticks_while_waiting():
     def slow():
         yield 1
-        time.sleep(0.35)
+        time.sleep(1.0)  # twenty polls long: at least three ticks however busy the machine
         yield 2
 
     items = list(in_background(slow(), threading.Event(), poll_s=0.05))
