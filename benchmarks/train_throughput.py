@@ -89,12 +89,16 @@ def ui_handler(clock: Callable[[], float]) -> tuple[Callable[..., Any] | None, s
     try:
         from demo.app import controls, running
         from demo.app.limits import Limits
+        from demo.app.session import LiveSessions
         from demo.app.streaming import StopRequests
         from demo.app.views import training
         from demo.budget.memory import Estimator
+        from demo.budget.pace import Paces
     except ImportError as exc:  # the UI is optional: gradio missing, or not written yet
         return None, f"the UI's train handler cannot be imported ({exc})"
-    handler = controls.config_handler(training.Handlers(Limits(), Estimator(), StopRequests()).train)
+    space = Limits(max_seconds=3600.0)  # the throughput of long runs, never refused as too long
+    live = LiveSessions(space.session_ttl, space.max_runs)
+    handler = controls.config_handler(training.Handlers(space, Estimator(), StopRequests(), Paces(), live).train)
 
     def run(cfg: RunConfig, serialise: bool) -> float:
         params = inspect.signature(handler).parameters

@@ -16,6 +16,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,7 @@ from demo.engine.record import kept, to_json
 
 __all__ = [
     "FOLDER_PREFIX",
+    "LiveSessions",
     "RunNotFound",
     "choices",
     "delete_files",
@@ -41,6 +46,7 @@ __all__ = [
 
 Session = dict[str, Any]
 FOLDER_PREFIX = "jacobian-playground-"
+MAX_LIVE = 10_000  # browser sessions a LiveSessions remembers at most (the oldest go first)
 LEGEND_FIELDS = ("dataset", "arch", "regularizer", "seed")  # named in a legend when they differ
 TABLE_COLUMNS = (
     "run", "status", "dataset", "arch", "regulariser", "λ", "method", "target", "steps", "seed",
@@ -73,6 +79,63 @@ def with_run(session: Session, run: dict[str, Any], max_runs: int) -> Session:
     runs = [r for r in session["runs"] if r["id"] != run["id"]] + [run]
     runs.sort(key=lambda r: r["id"])
     return {**session, "runs": runs[-max_runs:]}
+
+
+def merged(*sessions_: Session | None) -> Session:
+    """One session holding every run of the given copies (a run in several: the later copy's),
+    the highest next id and the first folder: what two events of one browser session hold together."""
+    runs: dict[int, dict[str, Any]] = {}
+    next_id, folder = 1, ""
+    for session in sessions_:
+        if not session:
+            continue
+        runs.update({r["id"]: r for r in session["runs"]})
+        next_id, folder = max(next_id, session["next_id"]), folder or session["folder"]
+    return {**new_session(), "runs": [runs[k] for k in sorted(runs)], "next_id": next_id, "folder": folder}
+
+
+@dataclass
+class LiveSessions:
+    """The latest session of each browser session, one registry per app.
+
+    gradio hands each event its own copy of the session's state, so two events of one browser
+    session running at once (JP_CONCURRENCY > 1, or a sweep beside a Train) would both take run
+    #1 and the one that finished last would drop the other's run. Events that add runs go through
+    here instead: ids come from the merged session, and every update is merged with what the other
+    events added. Sessions not seen for `ttl` seconds are forgotten (gr.State keeps its own copy).
+    """
+
+    ttl: float
+    max_runs: int
+    _latest: OrderedDict = field(default_factory=OrderedDict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def reserve(self, visitor: str, session: Session | None) -> tuple[Session, int]:
+        """(the merged session with an id taken, that id)."""
+        with self._lock:
+            session, run_id = reserve_run(merged(self._get(visitor), session))
+            self._put(visitor, session)
+        return session, run_id
+
+    def with_run(self, visitor: str, session: Session | None, run: dict[str, Any]) -> Session:
+        """The merged session with `run` added or updated (sessions.with_run), kept as the latest."""
+        with self._lock:
+            session = with_run(merged(session, self._get(visitor)), run, self.max_runs)
+            self._put(visitor, session)
+        return session
+
+    def _get(self, visitor: str) -> Session | None:
+        entry = self._latest.get(visitor) if visitor else None
+        return None if entry is None or time.monotonic() - entry[0] > self.ttl else entry[1]
+
+    def _put(self, visitor: str, session: Session) -> None:
+        if not visitor:
+            return
+        self._latest[visitor] = (time.monotonic(), session)
+        self._latest.move_to_end(visitor)
+        while len(self._latest) > MAX_LIVE or (self._latest and time.monotonic()
+                                                - next(iter(self._latest.values()))[0] > self.ttl):
+            self._latest.popitem(last=False)
 
 
 def find_run(session: Session | None, run_id: Any, *, need_weights: bool = False) -> dict[str, Any]:

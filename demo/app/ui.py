@@ -130,12 +130,14 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
         # One registry of Stop requests per app: it describes running handlers, keyed by session.
         stops = StopRequests()  # one per app: Train's and Sweep's Stop
         paces = pace.Paces()  # one per app: the estimate under Steps and Train's refusal read the same
-        train_event = training_view.wire(training, controls, session, space, estimator, stops, paces)
+        # One per app: the latest runs of each browser session, merged across its concurrent events.
+        live = sessions.LiveSessions(ttl=space.session_ttl, max_runs=space.max_runs)
+        train_event = training_view.wire(training, controls, session, space, estimator, stops, paces, live)
         jacobian_view.wire(jacobian, session)
-        thorough_event = robustness_view.wire(robustness, session, space)
+        thorough_event = robustness_view.wire(robustness, session, space, live)
         runs_view.wire(runs, session)
         duration_view.wire(controls, space, paces, estimator, demo.load)
-        sweep_event = sweep_view.wire(sweep, controls, session, space, estimator, stops, paces)
+        sweep_event = sweep_view.wire(sweep, controls, session, space, estimator, stops, paces, live)
         thread_view.wire(thread, controls, space, estimator)
         cost_view.wire(cost, controls, space, estimator)
         estimators_view.wire(estimators, controls, session, space)

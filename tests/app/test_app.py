@@ -141,6 +141,23 @@ def test_two_clients_train_at_once_and_keep_their_own_runs(url):
         second.close()
 
 
+def test_two_trains_of_one_session_at_once_get_their_own_ids_and_both_are_kept():
+    """JP_CONCURRENCY=2: one session's two Trains run side by side, each from its own copy of the
+    session's state; the live sessions give them runs #1 and #2 and neither is lost."""
+    with served(Limits(concurrency=2, max_seconds=600.0)) as (_, address):
+        client = Client(address, verbose=False)  # one client: one session, two events
+        try:
+            jobs = [client.submit(seed=seed, steps=300, robustness=False, api_name="/train") for seed in (1, 2)]
+            statuses = [job.result(timeout=WAIT_S)[0] for job in jobs]
+            assert sorted(re.search(r"Run #(\d+)", s).group(1) for s in statuses) == ["1", "2"]
+            kept = runs(client)
+            assert sorted((r["run"], r["seed"]) for r in kept) == [(1, 1), (2, 2)] or \
+                sorted((r["run"], r["seed"]) for r in kept) == [(1, 2), (2, 1)]
+            assert {r["status"] for r in kept} == {"completed"}
+        finally:
+            client.close()
+
+
 @pytest.mark.parametrize(
     ("bad", "words"),
     [

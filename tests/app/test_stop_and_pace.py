@@ -18,6 +18,7 @@ import pytest
 from demo.app import controls as controls_view
 from demo.app import duration
 from demo.app.limits import Limits
+from demo.app.session import LiveSessions
 from demo.app.streaming import StopRequests, in_background
 from demo.app.views.training import Handlers
 from demo.budget import pace
@@ -111,7 +112,8 @@ def test_a_stop_after_a_run_ended_does_not_stop_the_next_run():
 def handler(**limits) -> Handlers:
     """The Train handler; an hour's time limit unless given, so the long runs Stop ends are never
     refused as too long on a busy machine."""
-    return Handlers(Limits(**{"max_seconds": 3600.0, **limits}), Estimator(), StopRequests(), pace.Paces())
+    space = Limits(**{"max_seconds": 3600.0, **limits})
+    return Handlers(space, Estimator(), StopRequests(), pace.Paces(), LiveSessions(space.session_ttl, space.max_runs))
 
 
 def train_values(**changes) -> dict:

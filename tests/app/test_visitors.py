@@ -81,3 +81,21 @@ def test_a_shared_link_sets_the_controls_but_the_visitors_own_stale_link_does_no
     # No link at all: the screen as it was.
     _, _, *controls, _ = page.load(browser, None, Request())
     assert controls == ["digits", 9]
+
+
+def test_live_sessions_merge_what_two_events_of_one_session_add():
+    from demo.app.session import LiveSessions, new_session
+    from demo.engine.config import RunConfig
+    from demo.engine.record import new_record
+
+    live = LiveSessions(ttl=60.0, max_runs=20)
+    state = new_session()  # both events start from the same copy of the session's state
+    first, one = live.reserve("tab", state)
+    second, two = live.reserve("tab", state)
+    assert (one, two) == (1, 2)
+    a = live.with_run("tab", first, {"id": one, "record": new_record(RunConfig(seed=1)), "weights": {}})
+    b = live.with_run("tab", second, {"id": two, "record": new_record(RunConfig(seed=2)), "weights": {}})
+    assert [r["id"] for r in a["runs"]] == [1] and [r["id"] for r in b["runs"]] == [1, 2]
+    assert [r["record"]["config"]["seed"] for r in b["runs"]] == [1, 2]
+    other, three = live.reserve("another tab", state)  # another browser session starts afresh
+    assert three == 1 and other["runs"] == []

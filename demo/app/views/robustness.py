@@ -12,7 +12,7 @@ import gradio as gr
 from demo.app import inputs, limits, plots
 from demo.app import inspection as inspect
 from demo.app import session as sessions
-from demo.app.running import deadline
+from demo.app.running import deadline, visitor
 from demo.app.streaming import ACCELERATOR
 from demo.engine.record import with_robustness
 from demo.engine.train import robustness_report
@@ -85,7 +85,8 @@ def show_examples(session: dict | None, run: str, attack: str, strength: float):
     return plots.examples_figure(examples, run=sessions.short_label(chosen))
 
 
-def evaluate_thoroughly(session: dict | None, run: str, *, max_runs: int, max_seconds: float = 0.0):
+def evaluate_thoroughly(session: dict | None, run: str, request: gr.Request = None, *,
+                        live: sessions.LiveSessions | None = None, max_runs: int = 20, max_seconds: float = 0.0):
     """/thorough: the run's robustness again, with APGD and a longer Square attack on more points;
     the run's record keeps the new results and masking checks (its config says `thorough`). Returns
     (session, figure, findings): the overlay of the newest runs, the thorough one among them with
@@ -101,7 +102,9 @@ def evaluate_thoroughly(session: dict | None, run: str, *, max_runs: int, max_se
                             "`python -m demo train --thorough` on your own machine.") from None
     record = with_robustness(record, report.results, list(report.checks), thorough=True)
     chosen = {**chosen, "record": record}
-    session = sessions.with_run(session, chosen, max_runs)
+    # Through the live sessions when there are (the app): a Train running beside it keeps this result.
+    session = (live.with_run(visitor(request), session, chosen) if live is not None
+               else sessions.with_run(session, chosen, max_runs))
     # The overlay as it was, with this run's new results: no curve of another run vanishes.
     overlay = [run for run in _chosen(session, None) if run["record"]["config"]["dataset"]
                == record["config"]["dataset"]]
@@ -190,7 +193,7 @@ def layout() -> RobustnessView:
 # Wiring
 
 
-def wire(view: RobustnessView, session: gr.State, space: limits.Limits):
+def wire(view: RobustnessView, session: gr.State, space: limits.Limits, live: sessions.LiveSessions):
     """The tab's events; returns the thorough evaluation's (it changes the session's runs)."""
     gr.on(
         [view.tab.select, view.runs.change],
@@ -214,7 +217,7 @@ def wire(view: RobustnessView, session: gr.State, space: limits.Limits):
         preprocess=False,
     )
     return view.thorough.click(
-        partial(evaluate_thoroughly, max_runs=space.max_runs, max_seconds=space.max_seconds),
+        partial(evaluate_thoroughly, live=live, max_runs=space.max_runs, max_seconds=space.max_seconds),
         [session, view.run],
         [session, view.figure, view.findings],
         api_name="thorough",

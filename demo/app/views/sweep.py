@@ -82,6 +82,7 @@ class Handlers:
     memory: Estimator
     stops: StopRequests
     paces: Paces
+    live: sessions.LiveSessions
 
     def sweep(self, session: dict | None, values: dict[str, Any], strengths: Any = DEFAULT_STRENGTHS,
               regularizers: Any = None, epsilon: Any = DEFAULT_EPSILON, *, request: gr.Request = None):
@@ -95,15 +96,15 @@ class Handlers:
         records: list[dict] = []
         with self.stops.running(visitor(request)) as stop, inputs.plain_errors():
             for index, cfg in enumerate(configs, start=1):
-                session, run_id = sessions.reserve_run(session)
+                session, run_id = self.live.reserve(visitor(request), session)
                 for tick in follow(cfg, run_id, stop):
                     if tick.kind == SKIP:
                         yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
                     elif tick.kind == HEAVY:
-                        yield (sessions.with_run(session, tick.run, self.space.max_runs),
+                        yield (self.live.with_run(visitor(request), session, tick.run),
                                _status(index, len(configs), tick.run["record"]), gr.skip(), gr.skip())
                     else:  # FINAL: finished, or stopped
-                        session = sessions.with_run(session, tick.run, self.space.max_runs)
+                        session = self.live.with_run(visitor(request), session, tick.run)
                         records.append(tick.run["record"])
                         rows = sweeps.table(records, epsilon)
                         yield (session, _status(index, len(configs), tick.run["record"], done=True, records=records,
@@ -203,9 +204,9 @@ def layout() -> SweepView:
 
 
 def wire(view: SweepView, controls: controls_view.Controls, session: gr.State, space: limits.Limits,
-         memory: Estimator, stops: StopRequests, paces: Paces):
+         memory: Estimator, stops: StopRequests, paces: Paces, live: sessions.LiveSessions):
     """Run sweep (api_name "sweep") and its Stop; returns the sweep event for chaining."""
-    handlers = Handlers(space, memory, stops, paces)
+    handlers = Handlers(space, memory, stops, paces, live)
     after = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default)
              for name, default in (("strengths", DEFAULT_STRENGTHS), ("regularizers", None),
                                    ("epsilon", DEFAULT_EPSILON))]

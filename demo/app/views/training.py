@@ -59,6 +59,7 @@ class Handlers:
     memory: Estimator
     stops: StopRequests
     paces: Paces
+    live: sessions.LiveSessions
 
     def train(self, session: dict | None, values: dict[str, Any], *, request: gr.Request = None):
         """/train: UI values -> RunConfig -> follow -> (session, status, curves, field)."""
@@ -70,14 +71,14 @@ class Handlers:
             duration.refuse_if_too_long(cfg, self.paces.get(cfg))
             points = data.load(cfg.dataset, seed=cfg.seed, noise=cfg.noise) if cfg.dataset in POINT_SETS else None
         with self.stops.running(visitor(request)) as stop, inputs.plain_errors():
-            session, run_id = sessions.reserve_run(session)
+            session, run_id = self.live.reserve(visitor(request), session)
             for tick in follow(cfg, run_id, stop):
                 if tick.kind == SKIP:
                     yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
                 else:
-                    yield self._update(session, tick.run, points if tick.fresh else None)
+                    yield self._update(visitor(request), session, tick.run, points if tick.fresh else None)
 
-    def _update(self, session: dict, run: dict, points: data.Dataset | None) -> tuple:
+    def _update(self, who: str, session: dict, run: dict, points: data.Dataset | None) -> tuple:
         """(session, status, curves, field): the field is redrawn when `points` are given."""
         field = gr.skip() if points is None else _field(run["record"], run["weights"], points)
         drawn = [(plots.run_label(run["record"]), run["record"])]
@@ -85,7 +86,7 @@ class Handlers:
         if baseline is not None:  # the contrast the penalty makes, on the same axes
             drawn.append((f"λ = 0 (run #{baseline['id']})", baseline["record"]))
         return (
-            sessions.with_run(session, run, self.space.max_runs),
+            self.live.with_run(who, session, run),
             status_html(run),
             plots.steps_figure(drawn, plots.TRAINING_PANELS),
             field,
@@ -195,9 +196,9 @@ def layout_tab(defaults: RunConfig, buttons: tuple[gr.Button, gr.Button, gr.HTML
 
 
 def wire(view: TrainingView, controls: controls_view.Controls, session: gr.State, space: limits.Limits,
-         memory: Estimator, stops: StopRequests, paces: Paces):
+         memory: Estimator, stops: StopRequests, paces: Paces, live: sessions.LiveSessions):
     """Train (api_name "train") and Stop; returns the train event for chaining."""
-    handlers = Handlers(space, memory, stops, paces)
+    handlers = Handlers(space, memory, stops, paces, live)
     train_event = view.train.click(
         controls_view.config_handler(handlers.train),
         [session, *controls.inputs()],
