@@ -18,6 +18,7 @@ import gradio as gr
 from demo.app.session import RunNotFound
 from demo.engine.config import ConfigError, shown
 from demo.engine.data import DatasetUnavailable
+from jacobian_penalty import ForwardModeUnsafe, SampleCouplingError
 
 # Runs one request may name: a session keeps at most JP_MAX_RUNS (20 by default), and a longer
 # list only makes the server look up the same few runs thousands of times.
@@ -33,11 +34,11 @@ def refuse(message: str) -> gr.Error:
 @contextmanager
 def plain_errors(prefix: str = "") -> Iterator[None]:
     """Errors meant for the visitor (a bad setting, a dataset that cannot be had, a run that does
-    not fit, a run that is not in the session) become `refuse(prefix + message)`; anything else is
-    a fault and propagates."""
+    not fit, a run that is not in the session, a method the library refuses for this model) become
+    `refuse(prefix + message)`; anything else is a fault and propagates."""
     try:
         yield
-    except (ConfigError, DatasetUnavailable, RunNotFound) as exc:
+    except (ConfigError, DatasetUnavailable, RunNotFound, ForwardModeUnsafe, SampleCouplingError) as exc:
         raise refuse(f"{prefix}{exc}") from None
 
 

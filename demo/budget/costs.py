@@ -18,6 +18,7 @@ import models
 from demo.engine import data
 from demo.engine.config import RunConfig
 from jacobian_penalty.costs import MODES, plan
+from jacobian_penalty.forward_mode import unsafe_modules
 
 __all__ = ["Products", "StepCost", "products", "step_cost", "target_width"]
 
@@ -36,9 +37,20 @@ def target_width(cfg: RunConfig, num_classes: int | None = None) -> int:
     classes = data.class_count(cfg.dataset, cfg.num_classes) if num_classes is None else num_classes
     if cfg.target == "logits":
         return classes
+    return _model(cfg, classes).head.in_features
+
+
+def forward_mode_safe(cfg: RunConfig, num_classes: int | None = None) -> bool:
+    """Whether the library may take forward mode through the penalised part of this model (it
+    refuses to through LayerNorm: jacobian_penalty.forward_mode), as it decides at run time."""
+    classes = data.class_count(cfg.dataset, cfg.num_classes) if num_classes is None else num_classes
+    model = _model(cfg, classes)
+    return not unsafe_modules(model if cfg.target == "logits" else model.features)
+
+
+def _model(cfg: RunConfig, classes: int) -> torch.nn.Module:
     with torch.random.fork_rng(devices=[]):  # building the model must not move the caller's stream
-        model = models.build(cfg.arch, data.input_shape(cfg.dataset), classes, **cfg.model_options())
-    return model.head.in_features
+        return models.build(cfg.arch, data.input_shape(cfg.dataset), classes, **cfg.model_options())
 
 
 @dataclass(frozen=True)
@@ -57,7 +69,8 @@ def products(cfg: RunConfig, num_classes: int | None = None) -> Products:
     if cfg.regularizer == "input_gradient":
         return Products("probes", 1)  # one input gradient with a graph: one reverse product
     inputs = math.prod(data.input_shape(cfg.dataset))
-    p = plan(cfg.method, inputs=inputs, outputs=target_width(cfg, num_classes), num_projections=cfg.num_projections)
+    p = plan(cfg.method, inputs=inputs, outputs=target_width(cfg, num_classes), num_projections=cfg.num_projections,
+             forward_mode_safe=forward_mode_safe(cfg, num_classes))
     return Products(p.mode, p.products)
 
 

@@ -27,7 +27,13 @@ from demo.engine import data as datasets
 from demo.engine import distributed, regularizers
 from demo.engine.config import ConfigError, RunConfig
 from demo.evaluation import attacks, robustness
-from jacobian_penalty import check_samples_independent, jacobian_norms, jacobian_penalty
+from jacobian_penalty import (
+    ForwardModeUnsafe,
+    SampleCouplingError,
+    check_samples_independent,
+    jacobian_norms,
+    jacobian_penalty,
+)
 
 __all__ = [
     "ConfigError",
@@ -155,6 +161,10 @@ def train(cfg: RunConfig, *, stop: Callable[[], bool] | None = None, step: StepF
         return
     except robustness.Stopped:
         return
+    except (ForwardModeUnsafe, SampleCouplingError) as exc:
+        # The library refuses this method on this model (its message says why and what works):
+        # a choice of settings, said to the person who made it, not a fault.
+        raise ConfigError(str(exc)) from None
     except torch.cuda.OutOfMemoryError:
         where = "The GPU"
     except (MemoryError, RuntimeError) as exc:

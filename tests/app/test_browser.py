@@ -178,6 +178,12 @@ def estimate(page):
     return page.locator(".jp-estimate")
 
 
+def settled(page, prefix: str) -> None:
+    """Wait until the line under Steps gives its estimate for `prefix` ("digits · mlp", "· lenet"):
+    not the "Measuring…" line of its probe, after which the page may still fit Steps."""
+    expect(estimate(page)).to_contain_text(re.compile(re.escape(prefix) + r".* \d+ steps: about"), timeout=RUN_MS)
+
+
 def open_tab(page, name: str):
     tab = page.get_by_role("tab", name=name, exact=True)
     if tab.count() and tab.is_visible():
@@ -256,7 +262,7 @@ def train(page, *, run: int, dataset: str | None = None, penalty: str | None = N
     if dataset:
         choose(page, page, "Dataset", dataset)
         # The page fits Steps to a new dataset (a measured probe) before our own count goes in.
-        expect(estimate(page)).to_contain_text(f"{dataset} · ", timeout=VIEW_MS)
+        settled(page, f"{dataset} · ")
     if preset is not None:  # the λ preset buttons set the field in the browser
         page.get_by_role("button", name=preset, exact=True).click()
         expect(control(page, "Penalty weight λ")).to_have_value(preset)
@@ -589,7 +595,7 @@ def test_settings_say_how_long_a_run_takes_and_refusals_leave_the_page_as_it_was
         expect(estimate(page)).to_contain_text(re.compile(rf"digits · mlp · 1500 steps: {about}"), timeout=VIEW_MS)
         # Another architecture: Steps becomes the count that fits a short run, measured here.
         choose(page, page, "Architecture", "lenet")
-        expect(estimate(page)).to_contain_text("· lenet ·", timeout=VIEW_MS)
+        settled(page, "· lenet ·")
         fitted = int(re.search(r"lenet · (\d+) steps", estimate(page).inner_text()).group(1))
         expect(control(page, "Steps")).to_have_value(str(fitted))
         # A count the visitor typed stays theirs.
@@ -603,7 +609,7 @@ def test_settings_say_how_long_a_run_takes_and_refusals_leave_the_page_as_it_was
         classes = page.get_by_label("Classes of the synthetic set", exact=True)
         expect(classes).to_be_hidden()
         choose(page, page, "Dataset", "synthetic")
-        expect(estimate(page)).to_contain_text("synthetic · mlp", timeout=VIEW_MS)
+        settled(page, "synthetic · mlp")
         classes.fill("30")
         control(page, "Steps").fill("10")
         control(page, "Measure robustness at the end (noise, FGSM, PGD)").uncheck()
@@ -682,7 +688,7 @@ def test_numbers_that_cannot_mislead(browser, server, problems):
     try:
         # Exact at 300 classes for 20000 steps cannot finish within the limit: refused, with what fits.
         choose(page, page, "Dataset", "synthetic")
-        expect(estimate(page)).to_contain_text("synthetic · mlp", timeout=VIEW_MS)
+        settled(page, "synthetic · mlp")
         page.get_by_label("Classes of the synthetic set", exact=True).fill("300")
         page.get_by_role("radio", name="exact", exact=True).check()
         control(page, "Steps").fill("20000")
@@ -693,7 +699,7 @@ def test_numbers_that_cannot_mislead(browser, server, problems):
 
         # Penalising the features: the curves and the status line say which Jacobian is which.
         choose(page, page, "Dataset", "digits")
-        expect(estimate(page)).to_contain_text("digits · mlp", timeout=VIEW_MS)
+        settled(page, "digits · mlp")
         page.get_by_role("radio", name="projection", exact=True).check()
         page.get_by_role("radio", name="features", exact=True).check()
         control(page, "Steps").fill("30")

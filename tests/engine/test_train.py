@@ -315,3 +315,10 @@ def test_stop_during_the_attacks_ends_them_between_levels():
     events = list(train(RunConfig(**{**QUICK, "robustness": True}), stop=stop_after_training))
     assert [type(e).__name__ for e in events][-1] == "Evaluation"
     assert len(asked) == QUICK["steps"] + 1  # training asked at each step; the attacks once, then stopped
+
+
+def test_a_method_the_library_refuses_for_the_model_is_a_plain_config_error():
+    # vit has LayerNorm: backpropagating through its forward-mode derivative gives wrong gradients.
+    with pytest.raises(ConfigError, match="LayerNorm") as refused:
+        list(train(RunConfig(arch="vit", method="jvp", steps=3, robustness=False)))
+    assert "projection" in str(refused.value)  # it names what works
