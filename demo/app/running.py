@@ -24,6 +24,7 @@ its limit.
 from __future__ import annotations
 
 import copy
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +42,8 @@ from demo.engine.train import Evaluation, Finished, train
 __all__ = ["FINAL", "Tick", "follow", "run_stream", "visitor", "wire_stop"]
 
 FINAL = "final"
+OUT_OF_MEMORY = ("The machine ran out of memory before this run could start (the server's memory ceiling). "
+                 "Try a smaller batch size, fewer projections, or the 'projection' method instead of 'exact'.")
 # The final evaluation and attacks may take this share of the time budget again, and at least
 # TAIL_MIN_S (the attacks on a small model take a second or two, whatever the budget).
 TAIL_SHARE, TAIL_MIN_S = 0.25, 30.0
@@ -105,7 +108,17 @@ def follow(cfg: RunConfig, run_id: int, stop: threading.Event) -> Iterator[Tick]
     stream = in_background(run_stream(cfg, None if on_zero_gpu() else should_stop), halt, join_s=STOP_WAIT_S)
     pace, fresh = Throttle(), False
     try:
-        for item in stream:
+        try:
+            first = next(stream)
+        except StopIteration:
+            first = None
+        except RuntimeError as exc:  # under the memory ceiling not even a thread's stack fits
+            if "can't start new thread" not in str(exc):
+                raise
+            yield Tick(FINAL, {**run, "record": {**run["record"], "status": "out_of_memory",
+                                                 "message": OUT_OF_MEMORY}})
+            return
+        for item in itertools.chain([first], stream):
             if item is not None:
                 record, weights = item
                 if weights is not None:

@@ -15,6 +15,7 @@ headless client can also call job.cancel().
 
 from __future__ import annotations
 
+import importlib
 import signal
 import threading
 from functools import partial
@@ -222,6 +223,7 @@ def launch(demo: gr.Blocks, **options) -> tuple:
         guard.guard(demo)
         if not blocking:  # a test's server in its own process: no process-wide limits
             return served
+        _preload()  # before the ceiling: a shared library mapped under it can fail to map
         memory.set_ceiling()
         server.return_memory_when_idle(lambda: bool(fair.events()))
         demo.block_thread()
@@ -230,6 +232,16 @@ def launch(demo: gr.Blocks, **options) -> tuple:
         if blocking:
             server.remove_own_folders()
             server.remove_own_folders(server.cache_folder().parent)
+
+
+# What handlers import on first use (the embedded datasets, the gradient-free attacks): loaded
+# before the address-space ceiling, under which mapping a new shared library can fail.
+LAZY_IMPORTS = ("sklearn.datasets", "sklearn.model_selection", "torchattacks")
+
+
+def _preload() -> None:
+    for name in LAZY_IMPORTS:
+        importlib.import_module(name)
 
 
 def _interrupt(signum: int, frame: object) -> None:
