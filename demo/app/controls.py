@@ -78,7 +78,8 @@ def config_from(values: Mapping[str, Any], space: limits.Limits) -> RunConfig:
     if whole is not None and whole >= 1:  # else RunConfig says what is wrong with the steps
         report_every = min(MAX_REPORT_EVERY, max(1, whole // REPORTS_PER_RUN))
         evaluations = EVALUATIONS_POINTS if dataset in POINT_SETS else EVALUATIONS_IMAGES
-        eval_every = min(MAX_EVAL_EVERY, max(report_every, whole // evaluations))
+        # A multiple of report_every: an evaluation then never runs ahead of the step the status shows.
+        eval_every = report_every * max(1, min(MAX_EVAL_EVERY, max(report_every, whole // evaluations)) // report_every)
         chosen.update(report_every=report_every, eval_every=eval_every)
     chosen["time_budget"] = limits.time_budget(chosen.get("time_budget", 0.0), space)
     cfg = RunConfig.from_mapping(chosen)

@@ -199,7 +199,8 @@ def table(session: Session | None) -> pd.DataFrame:
         measured = bool(record.get("robustness"))
         rows.append(
             [
-                run["id"], record["status"], cfg["dataset"], cfg["arch"], cfg.get("regularizer", "jacobian"),
+                run["id"], record["status"], cfg["dataset"], cfg["arch"],
+                "baseline" if cfg["penalty"] == 0 else cfg.get("regularizer", "jacobian"),
                 cfg["penalty"], cfg["method"], cfg["target"], final.get("steps", 0), cfg["seed"],
                 _rounded(final.get("test_accuracy"), 4), epsilon if measured else None,
                 _rounded(sweeps.at_epsilon(record, "pgd", epsilon), 4) if measured else None,

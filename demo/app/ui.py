@@ -168,6 +168,11 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
             # Kept for the visitor's next visit (a reload, a closed tab), then the views follow.
             event.then(page_handlers.save_session, [browser, session], None, api_visibility="private",
                        show_progress="hidden", queue=False)
+        # After a reload the Training tab shows the newest run again (status line and curves), and
+        # the welcome note goes with the next Train.
+        loaded.then(training_view.show_newest, session, [training.status, training.curves], api_visibility="private",
+                    show_progress="hidden")
+        training.train.click(None, None, welcome, js="() => ''", api_visibility="private", queue=False)
         for event in (train_event, sweep_event, loaded):
             refreshed_event = event.then(partial(refresh_views, views), session, refreshed,
                                          api_visibility="private", show_progress="hidden")

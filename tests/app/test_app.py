@@ -322,7 +322,7 @@ def test_sweep_streams_one_run_per_strength_and_keeps_them_in_the_session(client
     assert "Run 3 of 3" in status and "complete" in status
     rows = [dict(zip(table["headers"], row, strict=True)) for row in table["data"]]
     assert [(r["regulariser"], r["strength"]) for r in rows] == [
-        ("jacobian", 0), ("jacobian", 0.1), ("weight_decay", 0.1)]
+        ("baseline", 0), ("jacobian", 0.1), ("weight_decay", 0.1)]
     assert any(r["Pareto"] == "★" for r in rows)
     # The table's numbers are those of the runs the session now holds (the Runs tab's table).
     kept = runs(client)

@@ -16,6 +16,7 @@ from demo.app.running import deadline, visitor
 from demo.app.streaming import ACCELERATOR
 from demo.engine.record import with_robustness
 from demo.engine.train import robustness_report
+from demo.evaluation.attacks import TOLERANCE
 from demo.evaluation.robustness import ATTACKS, Stopped
 
 __all__ = ["RobustnessView", "choices_update", "show_examples", "show_robustness"]
@@ -23,7 +24,7 @@ __all__ = ["RobustnessView", "choices_update", "show_examples", "show_robustness
 MAX_OVERLAID = 6  # runs drawn when none are chosen: the newest with robustness results
 MAX_EXAMPLES = 8
 DEFAULT_STRENGTH = 0.1
-THOROUGH_ATTACKS = ("noise", "pgd", "square", "apgd")
+THOROUGH_ATTACKS = ("noise", "fgsm", "pgd", "square", "apgd")
 MAX_STRENGTH = 10.0  # sigma or epsilon in input units: inputs live in [0, 1] or are of order 1
 
 
@@ -129,7 +130,7 @@ def findings(run: dict) -> str:
         gap = pgd[worst["epsilon"]] - worst["accuracy"]
         verdict = (f"lowered accuracy below PGD's by up to {gap:.3f} (at ε = {worst['epsilon']:g}: "
                    f"{worst['accuracy']:.3f} against {pgd[worst['epsilon']]:.3f}), so PGD alone overstated robustness"
-                   if gap > 0.005 else "found nothing PGD had not: PGD's curve holds")
+                   if gap > TOLERANCE else f"found nothing PGD had not (within {TOLERANCE:g}): PGD's curve holds")
         lines.append(f"- **{label}** {verdict}.")
     lines.append("- **Masking checks:** " + ("; ".join(checks) if checks else
                                               "none raised (the attacks' gradients look informative)."))
@@ -171,7 +172,7 @@ def layout() -> RobustnessView:
             "PGD is the honest check."
         )
         runs = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
-                           label="Runs to overlay (none chosen: the newest)")
+                           label=f"Runs to overlay (none chosen: the newest {MAX_OVERLAID} that measured it)")
         figure = gr.Plot(label="Accuracy against perturbation strength")
         gr.Markdown(HOW_TO_READ, elem_classes=["jp-hint"])
         with gr.Row():

@@ -36,6 +36,7 @@ from demo.engine.train import resolve_device
 __all__ = ["Handlers", "SweepView", "parse_strengths", "wire"]
 
 DEFAULT_STRENGTHS = "0, 0.001, 0.01, 0.1, 1"
+BASELINE = "baseline"  # how the tables, legends and status lines name a run at strength 0
 DEFAULT_EPSILON = sweeps.DEFAULT_EPSILON["image"]
 MAX_STRENGTHS = 10
 TABLE_COLUMNS = ("regulariser", "strength", "clean acc", "PGD acc", "Square acc", "‖J‖_F", "ms/step", "Pareto")
@@ -89,10 +90,10 @@ class Handlers:
         """/sweep: the controls' settings (λ aside) + strengths, regularisers and the PGD ε of the robust
         accuracy -> one run per distinct (regulariser, strength), streamed as (session, status, figure, table)."""
         configs, epsilon = self._configs(values, strengths, regularizers, epsilon)
-        total = self._total_seconds(configs)
-        # Before the first run: how long the whole sweep will take, from the same measurements.
-        yield (gr.skip(), f'<div class="jp-sweep-status">{len(configs)} runs, about {duration.seconds_text(total)} in '
-               "total here: starting the first…</div>", gr.skip(), gr.skip())
+        # How long the whole sweep will take, from the same measurements: first, and on every line.
+        total = duration.seconds_text(self._total_seconds(configs))
+        yield (gr.skip(), f'<div class="jp-sweep-status">{len(configs)} runs, about {total} in total here: '
+               "starting the first…</div>", gr.skip(), gr.skip())
         records: list[dict] = []
         with self.stops.running(visitor(request)) as stop, inputs.plain_errors():
             for index, cfg in enumerate(configs, start=1):
@@ -102,7 +103,7 @@ class Handlers:
                         yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
                     elif tick.kind == HEAVY:
                         yield (self.live.with_run(visitor(request), session, tick.run),
-                               _status(index, len(configs), tick.run["record"]), gr.skip(), gr.skip())
+                               _status(index, len(configs), tick.run["record"], total_time=total), gr.skip(), gr.skip())
                     else:  # FINAL: finished, or stopped
                         session = self.live.with_run(visitor(request), session, tick.run)
                         records.append(tick.run["record"])
@@ -135,7 +136,7 @@ class Handlers:
 
 
 def _status(index: int, total: int, record: dict, done: bool = False, records: list[dict] | None = None,
-            epsilon: float = DEFAULT_EPSILON) -> str:
+            epsilon: float = DEFAULT_EPSILON, total_time: str = "") -> str:
     cfg, final = record["config"], record.get("final", {})
     what = _what(cfg)
     if done:
@@ -150,13 +151,14 @@ def _status(index: int, total: int, record: dict, done: bool = False, records: l
         note = f" {html.escape(note)}" if note else ""
         return f'<div class="jp-sweep-status">Run {index} of {total} ({what}) {ended.rstrip(".")}.{tail}{note}</div>'
     bar = f'<progress value="{index - 1}" max="{total}"></progress>'
-    return (f'<div class="jp-sweep-status">{bar} Run {index} of {total}: {what}, '
+    of_all = f" (about {total_time} for all {total})" if total_time else ""
+    return (f'<div class="jp-sweep-status">{bar} Run {index} of {total}{of_all}: {what}, '
             f'step {final.get("steps", 0)} of {cfg["steps"]}</div>')
 
 
 def _what(cfg: dict) -> str:
     if cfg["penalty"] == 0:
-        return "no regulariser (the baseline)"
+        return f"{BASELINE} (no regulariser)"
     if cfg["regularizer"] in sweeps.ON_OFF:
         return f"{html.escape(cfg['regularizer'])} on"
     return f"{html.escape(cfg['regularizer'])} at strength {cfg['penalty']:g}"
@@ -167,7 +169,8 @@ def _table(rows: list[dict]) -> pd.DataFrame:
         return round(value, digits) if isinstance(value, float) and math.isfinite(value) else None
 
     return pd.DataFrame(
-        [[r["regularizer"], r["penalty"], rounded(r["test_accuracy"], 3), rounded(r["robust_accuracy"], 3),
+        [[BASELINE if r["penalty"] == 0 else r["regularizer"], r["penalty"], rounded(r["test_accuracy"], 3),
+          rounded(r["robust_accuracy"], 3),
           rounded(r["square_accuracy"], 3), rounded(r["jacobian_norm"], 3), rounded(r["ms_per_step"], 2),
           "★" if r["pareto"] else ""] for r in rows],
         columns=list(TABLE_COLUMNS),

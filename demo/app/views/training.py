@@ -63,13 +63,14 @@ class Handlers:
 
     def train(self, session: dict | None, values: dict[str, Any], *, request: gr.Request = None):
         """/train: UI values -> RunConfig -> follow -> (session, status, curves, field)."""
-        with inputs.plain_errors():
+        with inputs.plain_errors():  # a bad value: a toast, and the page stays as it was
             cfg = controls_view.config_from(values, self.space)
-            # Before anything is allocated: a run that would not fit is refused, not killed mid-way.
-            self.memory.check(cfg, data.class_count(cfg.dataset, cfg.num_classes), resolve_device(cfg.device))
-            # ... and one that cannot finish within the app's time limit is refused, not cut.
-            duration.refuse_if_too_long(cfg, self.paces.get(cfg))
-            points = data.load(cfg.dataset, seed=cfg.seed, noise=cfg.noise) if cfg.dataset in POINT_SETS else None
+        try:
+            points = self._admit(cfg)
+        except gr.Error as refused:  # valid, but too big or too long here: on the status line too
+            yield gr.skip(), f'<div class="jp-status">Not started: {html.escape(str(refused))}</div>', gr.skip(), \
+                gr.skip()
+            raise
         with self.stops.running(visitor(request)) as stop, inputs.plain_errors():
             session, run_id = self.live.reserve(visitor(request), session)
             for tick in follow(cfg, run_id, stop):
@@ -78,19 +79,37 @@ class Handlers:
                 else:
                     yield self._update(visitor(request), session, tick.run, points if tick.fresh else None)
 
+    def _admit(self, cfg: RunConfig) -> data.Dataset | None:
+        """The run's 2-D test points (None for images), or a refusal in plain words (gr.Error)."""
+        with inputs.plain_errors():
+            # Before anything is allocated: a run that would not fit is refused, not killed mid-way.
+            self.memory.check(cfg, data.class_count(cfg.dataset, cfg.num_classes), resolve_device(cfg.device))
+            # ... and one that cannot finish within the app's time limit is refused, not cut.
+            duration.refuse_if_too_long(cfg, self.paces.get(cfg))
+            return data.load(cfg.dataset, seed=cfg.seed, noise=cfg.noise) if cfg.dataset in POINT_SETS else None
+
     def _update(self, who: str, session: dict, run: dict, points: data.Dataset | None) -> tuple:
         """(session, status, curves, field): the field is redrawn when `points` are given."""
         field = gr.skip() if points is None else _field(run["record"], run["weights"], points)
-        drawn = [(plots.run_label(run["record"]), run["record"])]
-        baseline = reference_run(session, run)
-        if baseline is not None:  # the contrast the penalty makes, on the same axes
-            drawn.append((f"λ = 0 (run #{baseline['id']})", baseline["record"]))
-        return (
-            self.live.with_run(who, session, run),
-            status_html(run),
-            plots.steps_figure(drawn, plots.TRAINING_PANELS),
-            field,
-        )
+        return self.live.with_run(who, session, run), status_html(run), curves(session, run), field
+
+
+def show_newest(session: dict | None) -> tuple:
+    """(status, curves) of the session's newest run, as its last update drew them (after a reload)."""
+    runs = (session or {}).get("runs") or []
+    if not runs:
+        return gr.skip(), gr.skip()
+    return status_html(runs[-1]), curves(session, runs[-1])
+
+
+def curves(session: dict | None, run: dict[str, Any]):
+    """The run's training curves, with the session's λ = 0 run of the same model beside it: the
+    contrast the penalty makes, on the same axes."""
+    drawn = [(plots.run_label(run["record"]), run["record"])]
+    baseline = reference_run(session, run)
+    if baseline is not None:
+        drawn.append((f"λ = 0 (run #{baseline['id']})", baseline["record"]))
+    return plots.steps_figure(drawn, plots.TRAINING_PANELS)
 
 
 def reference_run(session: dict | None, run: dict[str, Any]) -> dict | None:
@@ -151,7 +170,7 @@ def _numbers(record: dict[str, Any]) -> str:
         parts.append(f"mean ‖J‖<sub>F</sub>{of} {last['jacobian_norm']:.3g}")
     if not parts:
         return ""
-    when = "" if last["step"] == record.get("final", {}).get("steps") else f" (evaluated at step {last['step']})"
+    when = "" if last["step"] >= record.get("final", {}).get("steps", 0) else f" (evaluated at step {last['step']})"
     return " · " + " · ".join(parts) + when
 
 
