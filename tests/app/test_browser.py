@@ -343,7 +343,7 @@ def test_jacobian_view_compares_two_runs(page, runs, shots):
 
 def test_robustness_view_overlays_runs_and_shows_perturbed_inputs(page, runs, shots):
     panel = open_tab(page, "Robustness")
-    choose(page, panel, "Runs to overlay (none chosen: the newest)", "#1 λ=0 ", "#2 λ=0.01")
+    choose(page, panel, "Runs to overlay (none chosen: the newest 6 that measured it)", "#1 λ=0 ", "#2 λ=0.01")
     figure = plot(panel, "Accuracy against perturbation strength")
     expect_drawn(figure, min_traces=6)  # two runs x (noise, FGSM, PGD)
     expect(figure.locator(".legendtext", has_text="#1 λ=0 projection")).to_be_attached()
@@ -692,7 +692,9 @@ def test_numbers_that_cannot_mislead(browser, server, problems):
         page.get_by_label("Classes of the synthetic set", exact=True).fill("300")
         page.get_by_role("radio", name="exact", exact=True).check()
         control(page, "Steps").fill("20000")
-        expect(estimate(page)).to_contain_text("Train will refuse it", timeout=RUN_MS)
+        control(page, "Steps").blur()
+        expect(estimate(page)).to_contain_text(re.compile(r"synthetic · mlp · 20000 steps: .*Train will refuse it"),
+                                               timeout=RUN_MS)
         train_button(page).click()
         expect(page.locator(".toast-body")).to_contain_text("steps fit", timeout=RUN_MS)
         expect(status(page)).to_contain_text(re.compile(r"Not started: .*steps fit"))  # and where the eye is
