@@ -37,7 +37,7 @@ EXIT_BAD_INPUT = 2
 EXIT_RUN_FAILED = 1
 
 
-STOP_SIGNALS = ("SIGTERM", "SIGHUP")  # ended like Ctrl-C: stop, write what was trained
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")  # Ctrl-C too: a SIGINT ignored by the parent would be too
 # What a field means, for the fields whose line in RunConfig has no comment yet (a comment there wins).
 UNCOMMENTED = MappingProxyType({
     "dataset": "the data set to train on (python -m demo list describes each)",
@@ -199,7 +199,8 @@ def _train(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def stop_signals() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise KeyboardInterrupt, as Ctrl-C does, while the block runs."""
+    """SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt while the block runs (SIGINT too: a
+    process started with SIGINT ignored, as a background job of a script is, keeps it ignored)."""
     previous = {}
     for name in STOP_SIGNALS:
         number = getattr(signal, name, None)

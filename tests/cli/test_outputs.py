@@ -84,7 +84,7 @@ def run_and_signal(tmp_path: Path, sig: int, *extra: str) -> tuple[subprocess.Co
     while seen.count("step ") < 3 and time.monotonic() < deadline:
         seen += process.stderr.readline()
     process.send_signal(sig)
-    stdout, stderr = process.communicate(timeout=120)
+    stdout, stderr = process.communicate(timeout=300)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, seen + stderr), out
 
 
