@@ -23,7 +23,14 @@ def served(space: Limits | None = None):
     try:
         yield demo, url if url.endswith("/") else url + "/"
     finally:
-        demo.close()
+        for attempt in range(5):  # gradio's queue.close() iterates a deque its workers may still touch
+            try:
+                demo.close()
+                break
+            except RuntimeError as exc:
+                if "mutated during iteration" not in str(exc) or attempt == 4:
+                    raise
+                time.sleep(0.2)
 
 
 def url_from_log(text: str) -> str | None:

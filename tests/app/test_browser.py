@@ -71,6 +71,9 @@ def server(tmp_path_factory):
         # Bounds a run that Stop fails to end; large enough that the long run fits the estimate on a
         # busy machine (a run that cannot finish within it is refused before it starts).
         "JP_MAX_SECONDS": "600",
+        # Every page here comes from 127.0.0.1: one client address, which the queue's per-client
+        # share would otherwise hold to half the queue (a Space sees each visitor's own address).
+        "JP_CLIENT_EVENTS": "1000",
         "JP_TORCH_THREADS": "1",
         "PYTHONUNBUFFERED": "1",
     }
