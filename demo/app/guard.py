@@ -18,6 +18,7 @@ from typing import Any
 from gradio.exceptions import Error
 
 from demo.app.server import OnceLog
+from demo.engine.train import out_of_memory
 
 MEMORY = ("The server ran out of memory for this request (past its memory ceiling). Try a smaller batch "
           "size, fewer projections or the 'projection' method.")
@@ -42,16 +43,10 @@ def guard(demo: Any, log: Callable[[str], None] | None = None) -> None:
             raise
         except Exception as exc:  # noqa: BLE001 - the one place every handler's failure passes
             once(f"{_name(demo, block_fn)}: {type(exc).__name__}: {str(exc)[:160]} ({_where(exc)})")
-            raise Error(MEMORY if _out_of_memory(exc) else PLAIN, print_exception=False) from None
+            raise Error(MEMORY if out_of_memory(exc) else PLAIN, print_exception=False) from None
 
     process_api.guarded = True  # type: ignore[attr-defined]
     demo.process_api = process_api
-
-
-def _out_of_memory(exc: BaseException) -> bool:
-    """An allocation refused by the ceiling (demo.budget.memory.set_ceiling) or by CUDA."""
-    text = str(exc)
-    return isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text
 
 
 def _name(demo: Any, block_fn: Any) -> str:

@@ -24,7 +24,6 @@ its limit.
 from __future__ import annotations
 
 import copy
-import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,13 +36,14 @@ from demo.app.streaming import HEAVY, SKIP, StopRequests, Throttle, in_backgroun
 from demo.app.zerogpu import on_gpu, on_zero_gpu
 from demo.engine.config import RunConfig
 from demo.engine.record import RUNNING, Recorder, kept, new_record
-from demo.engine.train import Evaluation, Finished, train
+from demo.engine.train import Evaluation, Finished, out_of_memory, train
 
 __all__ = ["FINAL", "Tick", "follow", "run_stream", "visitor", "wire_stop"]
 
 FINAL = "final"
-OUT_OF_MEMORY = ("The machine ran out of memory before this run could start (the server's memory ceiling). "
-                 "Try a smaller batch size, fewer projections, or the 'projection' method instead of 'exact'.")
+_SMALLER = "Try a smaller batch size, fewer projections, or the 'projection' method instead of 'exact'."
+OUT_OF_MEMORY = f"The machine ran out of memory before this run could start (the server's memory ceiling). {_SMALLER}"
+OUT_OF_MEMORY_DURING = f"The machine ran out of memory during this run (the server's memory ceiling). {_SMALLER}"
 # The final evaluation and attacks may take this share of the time budget again, and at least
 # TAIL_MIN_S (the attacks on a small model take a second or two, whatever the budget).
 TAIL_SHARE, TAIL_MIN_S = 0.25, 30.0
@@ -106,36 +106,39 @@ def follow(cfg: RunConfig, run_id: int, stop: threading.Event) -> Iterator[Tick]
 
     # A closure cannot cross into ZeroGPU's worker process: there Stop closes the stream instead.
     stream = in_background(run_stream(cfg, None if on_zero_gpu() else should_stop), halt, join_s=STOP_WAIT_S)
-    pace, fresh = Throttle(), False
+    pace, fresh, failed = Throttle(), False, False
     try:
         try:
-            first = next(stream)
-        except StopIteration:
-            first = None
-        except RuntimeError as exc:  # under the memory ceiling not even a thread's stack fits
-            if "can't start new thread" not in str(exc):
+            for item in stream:
+                if item is not None:
+                    record, weights = item
+                    if weights is not None:
+                        run, fresh = {**run, "weights": weights}, True
+                    run = {**run, "record": record}
+                if stop.is_set():
+                    break
+                finished = run["record"]["status"] != RUNNING
+                update = pace.next(final=finished)
+                if finished:
+                    yield Tick(FINAL, run, fresh)
+                    return
+                if update == SKIP:
+                    yield Tick(SKIP, run)
+                elif update == HEAVY:
+                    yield Tick(HEAVY, run, fresh)
+                    fresh = False
+        except (MemoryError, RuntimeError) as exc:
+            # The engine ends a run whose step fails to allocate with its own status; under the
+            # server's memory ceiling the worker around it can fail too (its thread's stack, the
+            # record's copy): the same run, the same ending, with what it had shown kept.
+            if not out_of_memory(exc):
                 raise
-            yield Tick(FINAL, {**run, "record": {**run["record"], "status": "out_of_memory",
-                                                 "message": OUT_OF_MEMORY}})
+            failed = True
+        if failed:
+            message = OUT_OF_MEMORY if not run["record"]["history"] else OUT_OF_MEMORY_DURING
+            yield Tick(FINAL, {**run, "record": {**run["record"], "status": "out_of_memory", "message": message}},
+                       fresh)
             return
-        for item in itertools.chain([first], stream):
-            if item is not None:
-                record, weights = item
-                if weights is not None:
-                    run, fresh = {**run, "weights": weights}, True
-                run = {**run, "record": record}
-            if stop.is_set():
-                break
-            finished = run["record"]["status"] != RUNNING
-            update = pace.next(final=finished)
-            if finished:
-                yield Tick(FINAL, run, fresh)
-                return
-            if update == SKIP:
-                yield Tick(SKIP, run)
-            elif update == HEAVY:
-                yield Tick(HEAVY, run, fresh)
-                fresh = False
         # Stopped (the stream may end first: its worker saw Stop too): the record as it stands.
         record = kept(run["record"])
         if past_limit() and not stop.is_set():

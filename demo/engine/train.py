@@ -49,6 +49,7 @@ __all__ = [
     "build_model",
     "final_metrics",
     "take_step",
+    "out_of_memory",
 ]
 
 EVAL_JACOBIAN_SAMPLES = 256  # fixed test subset for the exact mean ||J||_F (for C <= 10)
@@ -146,17 +147,20 @@ def train(cfg: RunConfig, *, stop: Callable[[], bool] | None = None, step: StepF
         which tests count steps or inject a fault (a NaN loss, an allocation failure).
     """
     device = resolve_device(cfg.device)
-    data = datasets.load(
-        cfg.dataset, seed=cfg.seed, device=device, noise=cfg.noise, num_classes=cfg.num_classes
-    )
-    model = build_model(cfg, data.input_shape, data.num_classes).to(device)
-    yield Started(
-        config=cfg,
-        device=_device_label(device),
-        dataset=dataset_info(data),
-        num_parameters=sum(p.numel() for p in model.parameters()),
-    )
+    data = model = None
     try:
+        # Loading the data and building the model allocate too: under a memory ceiling they can
+        # be what fails, and that run ends as out_of_memory like one that fails mid-step.
+        data = datasets.load(
+            cfg.dataset, seed=cfg.seed, device=device, noise=cfg.noise, num_classes=cfg.num_classes
+        )
+        model = build_model(cfg, data.input_shape, data.num_classes).to(device)
+        yield Started(
+            config=cfg,
+            device=_device_label(device),
+            dataset=dataset_info(data),
+            num_parameters=sum(p.numel() for p in model.parameters()),
+        )
         yield from _run(cfg, model, data, device, stop, step or take_step)
         return
     except robustness.Stopped:
@@ -165,16 +169,14 @@ def train(cfg: RunConfig, *, stop: Callable[[], bool] | None = None, step: StepF
         # The library refuses this method on this model (its message says why and what works):
         # a choice of settings, said to the person who made it, not a fault.
         raise ConfigError(str(exc)) from None
-    except torch.cuda.OutOfMemoryError:
-        where = "The GPU"
     except (MemoryError, RuntimeError) as exc:
-        if not _cpu_out_of_memory(exc):
+        if not out_of_memory(exc):
             raise
-        where = "The machine"
+        where = "The GPU" if isinstance(exc, torch.cuda.OutOfMemoryError) else "The machine"
     # Free what this run held so the next run starts clean, then say what to change. Outside the
     # except block: there the traceback still holds _run's frame (model, optimizer, activations),
     # so empty_cache could hand nothing back. The consumer keeps the progress it already received.
-    del model, data
+    data = model = None
     gc.collect()
     torch.cuda.empty_cache()
     yield Finished(
@@ -187,10 +189,12 @@ def train(cfg: RunConfig, *, stop: Callable[[], bool] | None = None, step: StepF
         )
 
 
-def _cpu_out_of_memory(exc: BaseException) -> bool:
-    """torch's CPU allocator reports a failed allocation as a RuntimeError with these words."""
+def out_of_memory(exc: BaseException) -> bool:
+    """An allocation that failed: CUDA's, or the CPU's as torch words it (a RuntimeError), or a
+    thread whose stack no longer fits under the server's address-space ceiling."""
     text = str(exc)
-    return isinstance(exc, MemoryError) or "can't allocate memory" in text or "not enough memory" in text
+    return (isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) or "can't allocate memory" in text
+            or "not enough memory" in text or "out of memory" in text or "can't start new thread" in text)
 
 
 def dataset_info(data: datasets.Dataset) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import math
 import socket
 import subprocess
 import sys
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -32,11 +33,13 @@ from apphelpers import runs, served, wait_for
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
+from demo.app import running
 from demo.app.limits import Limits
 from demo.app.ui import build_demo
 from demo.cli import main as cli
 from demo.engine import train as train_module
 from demo.engine.config import ConfigError, RunConfig
+from demo.engine.record import Recorder
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMITS = Limits(max_steps=20_000, max_seconds=2.0, concurrency=1, queue_size=20)
@@ -437,6 +440,56 @@ def test_out_of_memory_frees_the_run_before_emptying_the_cache_and_the_next_run_
 
     *_, again = train_module.train(RunConfig(steps=40, report_every=5, eval_every=10, robustness=False))
     assert again.status == "completed" and again.final["steps"] == 40
+
+
+def test_a_failed_allocation_before_the_first_step_ends_the_run_as_out_of_memory(monkeypatch):
+    # Under the server's memory ceiling the data's tensors can be what fails to allocate.
+    def load(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 6272000 bytes.")
+
+    monkeypatch.setattr(train_module.datasets, "load", load)
+    events = list(train_module.train(RunConfig(steps=10, robustness=False)))
+    assert [type(e).__name__ for e in events] == ["Finished"]
+    assert events[0].status == "out_of_memory" and "smaller batch size" in events[0].message
+    recorder = Recorder(RunConfig(steps=10, robustness=False))
+    recorder.add(events[0])
+    assert recorder.record["status"] == "out_of_memory" and recorder.record["history"] == []
+    monkeypatch.undo()
+    assert list(train_module.train(RunConfig(steps=10, robustness=False)))[-1].status == "completed"
+
+
+def failing_stream(real, error: BaseException, after: int):
+    """`real` run_stream's items, then `error` raised in its worker after `after` of them."""
+    def stream(cfg, should_stop=None):
+        for i, item in enumerate(real(cfg, should_stop)):
+            if i == after:
+                raise error
+            yield item
+
+    return stream
+
+
+def test_a_worker_that_fails_to_allocate_ends_its_run_as_out_of_memory_with_what_it_showed(monkeypatch):
+    cfg = RunConfig(steps=40, report_every=5, eval_every=10, robustness=False)
+    real = running.run_stream
+    monkeypatch.setattr(running, "run_stream", failing_stream(real, MemoryError(), after=4))
+    ticks = list(running.follow(cfg, 1, threading.Event()))
+    last = ticks[-1]
+    assert last.kind == running.FINAL and [t.kind for t in ticks].count(running.FINAL) == 1
+    assert last.run["record"]["status"] == "out_of_memory"
+    assert last.run["record"]["message"] == running.OUT_OF_MEMORY_DURING
+    steps = [row["step"] for row in last.run["record"]["history"]]
+    assert steps and steps == sorted(steps) and steps[-1] < 40  # the progress it had shown is kept
+
+    # A thread that cannot start under the ceiling is the same failure, before anything was shown.
+    monkeypatch.setattr(running, "run_stream", failing_stream(real, RuntimeError("can't start new thread"), after=0))
+    last = list(running.follow(cfg, 2, threading.Event()))[-1]
+    assert last.run["record"]["status"] == "out_of_memory" and last.run["record"]["message"] == running.OUT_OF_MEMORY
+
+    # Any other fault is not dressed up as a memory one.
+    monkeypatch.setattr(running, "run_stream", failing_stream(real, RuntimeError("mat1 and mat2 shapes"), after=2))
+    with pytest.raises(RuntimeError, match="shapes"):
+        list(running.follow(cfg, 3, threading.Event()))
 
 
 def test_out_of_memory_through_the_app_says_so_and_the_next_run_works(server, monkeypatch):
