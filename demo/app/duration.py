@@ -27,7 +27,7 @@ from demo.engine import data
 from demo.engine.config import ConfigError, RunConfig
 from demo.engine.train import resolve_device
 
-__all__ = ["describe", "estimate", "fit", "fitting_steps", "refuse_if_too_long", "seconds_text", "wire"]
+__all__ = ["adopt", "describe", "estimate", "fit", "fitting_steps", "refuse_if_too_long", "seconds_text", "wire"]
 
 # The settings that change how long a run takes (λ only by being 0 or not).
 TIMED_FIELDS = ("dataset", "arch", "penalty", "method", "num_projections", "target", "steps", "batch_size",
@@ -114,21 +114,30 @@ def estimate(*values: Any, space: limits.Limits, paces: Paces, memory: Estimator
 
 
 def fit(*values: Any, space: limits.Limits, paces: Paces, memory: Estimator):
-    """Another dataset or architecture: (steps, line, suggested). Steps becomes the count that fits a
-    short run if it still holds the page's last suggestion (the last value; at first the default): a
-    count the visitor typed, or a shared link set, is theirs and stays."""
+    """Another dataset or architecture: (proposal, line). The proposal is the count that fits a
+    short run, or None where Steps no longer holds the page's last suggestion (the last value; at
+    first the default): a count the visitor typed, or a shared link set, is theirs and stays.
+    `adopt` then decides with Steps as it is when the measurement is done."""
     *values, suggested = values
     chosen = dict(zip(TIMED_FIELDS, values, strict=True))
     try:
         cfg = _config(chosen, space)
         pace = _pace(cfg, paces, memory)
         if not _same(chosen["steps"], suggested):
-            return gr.skip(), _line(describe(cfg, pace)), gr.skip()
+            return None, _line(describe(cfg, pace))
         steps = min(pace.suggested_steps(evaluations(cfg)), space.max_steps)
-        cfg = _config({**chosen, "steps": steps}, space)
-        return steps, _line(describe(cfg, pace)), steps
+        return steps, _line(describe(_config({**chosen, "steps": steps}, space), pace))
     except (ConfigError, data.DatasetUnavailable) as exc:
-        return gr.skip(), _line(f"No estimate: {exc}"), gr.skip()
+        return None, _line(f"No estimate: {exc}")
+
+
+def adopt(steps: Any, suggested: Any, proposal: int | None):
+    """(steps, suggested) once `fit` has measured: Steps takes the proposal only if it still holds
+    the page's last suggestion. The measurement takes seconds, and a count typed meanwhile must win:
+    this runs as its own event after fit's, so it reads Steps as it is then, not as it was."""
+    if proposal is None or not _same(steps, suggested):
+        return gr.skip(), gr.skip()
+    return proposal, proposal
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -149,8 +158,11 @@ def wire(controls: controls_view.Controls, space: limits.Limits, paces: Paces, m
                   show_progress="hidden")
     deps = dict(space=space, paces=paces, memory=memory)
     suggested = gr.State(RunConfig.steps, time_to_live=space.session_ttl)  # the count the page last put in Steps
+    proposal = gr.State(None, time_to_live=space.session_ttl)  # fit's count, until adopt takes it or not
     gr.on([controls.dataset.change, controls.arch.change], _bind(fit, deps), [*inputs, suggested],
-          [controls.steps, controls.estimate, suggested], **common)
+          [proposal, controls.estimate], **common
+          ).then(adopt, [controls.steps, suggested, proposal], [controls.steps, suggested], api_visibility="private",
+                 show_progress="hidden", concurrency_limit=None)
     changes = [getattr(controls, name).change for name in TIMED_FIELDS if name not in ("dataset", "arch")]
     gr.on([load, *changes], _bind(estimate, deps), inputs, controls.estimate, **common)
 

@@ -219,13 +219,16 @@ def fit(steps, suggested, **changes):
 
 
 def test_another_architecture_gets_the_steps_that_fit_unless_the_visitor_chose_their_own():
-    steps, line, suggested = fit(1500, 1500, arch="lenet")  # Steps still holds the page's suggestion
-    assert isinstance(steps, int) and steps == suggested
+    proposal, line = fit(1500, 1500, arch="lenet")  # Steps still holds the page's suggestion
+    assert isinstance(proposal, int)
     duration_text = r"[\d.]+ (s|min)( to [\d.]+ (s|min))?"
-    assert re.search(rf"digits · lenet · {steps} steps: about {duration_text} here on the CPU", line)
-    kept_steps, line, unchanged = fit(777, 1500, arch="lenet")  # the visitor typed 777
-    assert not isinstance(kept_steps, int) and not isinstance(unchanged, int)  # gr.skip(): left alone
-    assert "lenet · 777 steps" in line
+    assert re.search(rf"digits · lenet · {proposal} steps: about {duration_text} here on the CPU", line)
+    assert duration.adopt(1500, 1500, proposal) == (proposal, proposal)  # taken: the new suggestion
+    # The visitor typed 777 while it measured: theirs stays (gr.skip() leaves a component alone).
+    assert not any(isinstance(v, int) for v in duration.adopt(777, 1500, proposal))
+    no_proposal, line = fit(777, 1500, arch="lenet")  # typed before it measured: nothing to propose
+    assert no_proposal is None and "lenet · 777 steps" in line
+    assert not any(isinstance(v, int) for v in duration.adopt(777, 1500, no_proposal))
 
 
 def test_the_estimate_says_why_not_instead_of_failing():
