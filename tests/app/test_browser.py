@@ -607,12 +607,14 @@ def test_settings_say_how_long_a_run_takes_and_refusals_leave_the_page_as_it_was
         choose(page, page, "Architecture", "mlp")
         expect(estimate(page)).to_contain_text("mlp · 200 steps", timeout=VIEW_MS)
         expect(control(page, "Steps")).to_have_value("200")
-        # A count typed while the page still measures a new dataset wins over the fitted one.
+        # A count typed while the page still measures a new architecture (seconds, for resnet) wins
+        # over the fitted one.
         control(page, "Steps").fill(str(fitted))  # the page's own suggestion again
-        choose(page, page, "Dataset", "circles")
-        control(page, "Steps").fill("250")
-        expect(estimate(page)).to_contain_text("circles · mlp · 250 steps", timeout=RUN_MS)
-        expect(control(page, "Steps")).to_have_value("250")
+        choose(page, page, "Architecture", "resnet")
+        control(page, "Steps").fill("25")
+        expect(estimate(page)).to_contain_text("resnet · 25 steps", timeout=RUN_MS)
+        expect(control(page, "Steps")).to_have_value("25")
+        choose(page, page, "Architecture", "mlp")
 
         # The synthetic set's class count is a control, shown for that set only.
         classes = page.get_by_label("Classes of the synthetic set", exact=True)
