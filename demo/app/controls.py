@@ -173,7 +173,7 @@ def layout(defaults: RunConfig) -> Controls:
     arch = gr.Dropdown(list(models.ARCHITECTURES), value=defaults.arch, label="Architecture")
     penalty = gr.Number(defaults.penalty, label="Penalty weight λ",
                         info="loss = cross-entropy + λ · ‖J‖_F² (0 trains without the penalty)")
-    with gr.Row(equal_height=True):
+    with gr.Row(equal_height=True, elem_classes=["jp-presets"]):
         presets = tuple(gr.Button(f"{value:g}", size="sm", min_width=40) for value in LAMBDA_PRESETS)
     method = gr.Radio(list(METHODS), value=defaults.method, label="Estimator of ‖J‖_F²")
     hint = gr.Markdown(method_hint(defaults.method), elem_classes=["jp-hint"])

@@ -32,6 +32,10 @@ CSS = f"""
 .jp-status progress, .jp-sweep-status progress {{ width: 12em; vertical-align: middle; margin-right: 0.5em; }}
 .jp-hint {{ font-size: 0.85em; opacity: 0.8; }}
 .jp-estimate {{ padding: 0 4px; }}
+/* the λ presets: six short buttons stay on one row, however narrow the settings column */
+.jp-presets {{ flex-wrap: nowrap !important; gap: 4px !important; }}
+.jp-presets > button {{ min-width: 0 !important; flex: 1 1 0 !important; padding-left: 2px !important;
+  padding-right: 2px !important; }}
 /* short headers ("run", "seed") must not break mid-word */
 #jp-runs th, #jp-runs th * {{ word-break: keep-all; overflow-wrap: normal; white-space: nowrap; }}
 /* A refused request says why in a toast. gradio also puts a red "Error" badge (its status tracker,

@@ -557,6 +557,15 @@ def in_view(page, locator) -> bool:
     return box is not None and box["y"] >= 0 and box["y"] + box["height"] <= page.viewport_size["height"]
 
 
+def assert_presets_in_one_row(page) -> None:
+    """The λ presets (0 ... 1) stand side by side: none wraps onto a row of its own."""
+    buttons = page.locator(".jp-presets button")
+    expect(buttons.first).to_be_visible(timeout=VIEW_MS)
+    texts = [t.strip() for t in buttons.all_inner_texts()]
+    tops = buttons.evaluate_all("bs => bs.map(b => Math.round(b.getBoundingClientRect().top))")
+    assert texts[-1] == "1" and len(texts) >= 6 and len(set(tops)) == 1, (texts, tops)
+
+
 def test_on_a_phone_train_stays_in_reach_and_panels_stack(browser, server, problems, shots):
     context, page = new_page(browser, server, problems, PHONE)
     try:
@@ -568,6 +577,7 @@ def test_on_a_phone_train_stays_in_reach_and_panels_stack(browser, server, probl
         page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
         assert in_view(page, train_button(page))  # ... and at its bottom
         settings.click()  # one tap opens them
+        assert_presets_in_one_row(page)
         control(page, "Steps").fill(str(STEPS))
         train_button(page).click()
         expect(status(page)).to_contain_text(re.compile(rf"Run #1 .*Finished {STEPS} steps"), timeout=RUN_MS)
@@ -596,6 +606,7 @@ def test_settings_say_how_long_a_run_takes_and_refusals_leave_the_page_as_it_was
     try:
         about = r"about [\d.]+ s( to [\d.]+ s)? here on the"
         expect(estimate(page)).to_contain_text(re.compile(rf"digits · mlp · 1500 steps: {about}"), timeout=VIEW_MS)
+        assert_presets_in_one_row(page)
         # Another architecture: Steps becomes the count that fits a short run, measured here.
         choose(page, page, "Architecture", "lenet")
         settled(page, "· lenet ·")
