@@ -108,13 +108,19 @@ def budget_mb(device: torch.device, configured_mb: float | None = None) -> float
 
 def available_mb() -> float:
     """MemAvailable from /proc/meminfo (what can be allocated without swapping), else all pages."""
+    available = _proc_mb("/proc/meminfo", "MemAvailable")
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / MB if available is None else available
+
+
+def _proc_mb(path: str, key: str) -> float | None:
+    """A "key: N kB" line of a /proc file in MB, or None where the file does not say."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) / 1024
     except (OSError, ValueError, IndexError):
         pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / MB
+    return None
 
 
 def graphs_held(cfg: RunConfig, shape: tuple[int, ...], num_classes: int) -> float:
@@ -305,24 +311,7 @@ def set_ceiling(environ: Mapping[str, str] | None = None) -> float | None:
 
 def address_space_mb() -> float | None:
     """This process's virtual size (VmSize), or None where /proc does not say."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def resident_mb() -> float | None:
-    """This process's resident memory (VmRSS), or None where /proc does not say."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+    return _proc_mb("/proc/self/status", "VmSize")
 
 
 def _parameters(model: nn.Module) -> int:
