@@ -36,7 +36,7 @@ test: $(VENV)/.dev-stamp browser-deps
 	$(PY) -m pytest
 
 bench: $(VENV)/.dev-stamp
-	$(PY) -m demo bench
+	$(PY) benchmarks/penalty_cost.py $(BENCH_ARGS)
 
 # The GPU checks in one command, for a machine with CUDA (under 8 minutes on one GPU): the CUDA
 # tests, then the GPU benchmarks, results to $(RESULTS). It needs torch, torchvision and pytest

@@ -38,7 +38,7 @@ if __package__ in (None, ""):  # run as a script: the repository root on the pat
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.report import RESULTS_DIR, environment, load_average, write_report  # noqa: E402
-from demo.budget.timing import PENALTY_WEIGHT, interleaved_times, loop_penalty, step_closure  # noqa: E402
+from demo.budget.timing import STRENGTH, interleaved_times, loop_penalty, step_closure  # noqa: E402
 from jacobian_penalty import jacobian_penalty  # noqa: E402
 
 BATCH = 128
@@ -189,7 +189,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"torch {env['torch']}, Python {env['python']}, {env['cpu_count']} CPUs, {env['torch_threads']} torch "
         f"threads, {env['date']}, load average {env['load_average_start']} -> {env.get('load_average_end')}. "
-        f"Batch {BATCH}, Adam, lambda {PENALTY_WEIGHT}, {report['repeats']} interleaved rounds (median).",
+        f"Batch {BATCH}, Adam, lambda {STRENGTH}, {report['repeats']} interleaved rounds (median).",
         "",
         "One training step as a ratio to a plain cross-entropy step (median ms per step in brackets);",
         "- where a column was not run (C passes at C = 1000).",

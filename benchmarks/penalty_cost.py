@@ -34,7 +34,7 @@ from benchmarks.report import RESULTS_DIR, environment, load_average, write_repo
 from demo.budget.timing import (  # noqa: E402
     LOOP,
     LOOP_MAX_CLASSES,
-    PENALTY_WEIGHT,
+    STRENGTH,
     backward_comparison,
     chunk_sweep,
     time_steps,
@@ -48,7 +48,7 @@ DEFAULT_CHUNKS = (1, 10, 100)  # exact's chunk sizes in the memory sweep (None =
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m demo bench",
+        prog="benchmarks/penalty_cost.py",
         description="Time a training step with each Jacobian penalty method, as a ratio to a plain step; "
         "write JSON and markdown tables.",
     )
@@ -83,10 +83,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark grid; write <out>/<name>_<device>.json and .md. Returns an exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--"]:  # `python -m demo bench -- --archs mlp`: argparse keeps the separator
-        argv = argv[1:]
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda was asked for, but no CUDA GPU is available here.", file=sys.stderr)
@@ -117,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             device=device, repeats=args.repeats, clock=args.clock,
         )
     env["load_average_end"] = load_average()
-    report = {"environment": env, "settings": settings, "penalty_weight": PENALTY_WEIGHT,
+    report = {"environment": env, "settings": settings, "penalty_weight": STRENGTH,
               "rows": rows, "chunk_sweep": sweep, "backward_comparison": backward}
     write_report(report, markdown(report), args.out / f"{args.name}_{device.type}", log)
     return 0

@@ -21,8 +21,8 @@ forward mode keeps the tangent's activations beside the primal's and measured ab
 probe; a forward difference is one forward and one more backward, about 1 step.
 
 `plan(...)` is the only place these numbers live: the library's `method="auto"`, the app's
-duration estimate, its ZeroGPU duration and its memory budget all read it, so the app cannot show
-two different costs for one method.
+ZeroGPU duration and its memory budget all read it, so the app cannot show two different costs for
+one method. (The duration under the app's Steps is not a model: it times a few real steps.)
 """
 
 from __future__ import annotations

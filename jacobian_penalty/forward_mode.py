@@ -6,7 +6,7 @@ directional derivative -9.45 by `torch.func.jvp` (and -9.46 by the double-VJP tr
 the same third derivative) where central finite differences give -1.20. The value is right, so
 value-only tests never see it. Reverse-mode rows (second order only) are right. GroupNorm,
 RMSNorm, BatchNorm in eval mode, softmax, GELU, SiLU, tanh, normalize and attention were right in
-the same test (tests/library/test_forward_mode.py keeps a canary that fails once PyTorch fixes it).
+the same test (tests/library/test_behaviour.py keeps a canary that fails once PyTorch fixes it).
 
 So a model with layer norm never goes through forward mode: "exact" takes rows instead of
 columns, and "jvp" refuses, naming the layer and the methods that work.

@@ -129,8 +129,8 @@ def jacobian_penalty(
         forward-mode rule, or through layer norm); SampleCouplingError (a ValueError) as above.
 
     Example:
-        >>> logits, penalty = jacobian_penalty(model, x, method="projection")
-        >>> loss = F.cross_entropy(logits, target) + lam * penalty
+        >>> logits, term = jacobian_penalty(model, x, method="projection")
+        >>> loss = F.cross_entropy(logits, target) + strength * term
         >>> loss.backward()
 
     The reverse-mode methods differentiate f with respect to a private copy of x that requires

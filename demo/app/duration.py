@@ -44,13 +44,8 @@ def _pace(cfg: RunConfig, paces: Paces, memory: Estimator) -> Pace:
     return paces.get(cfg)
 
 
-def evaluations(cfg: RunConfig) -> int:
-    """Evaluations in a run: every eval_every steps, and one at the end."""
-    return (cfg.steps - 1) // cfg.eval_every + 1
-
-
 def describe(cfg: RunConfig, pace: Pace) -> str:
-    low, high = pace.seconds_range(cfg.steps, evaluations(cfg))
+    low, high = pace.seconds_range(cfg.steps, cfg.evaluations())
     device = "GPU" if resolve_device(cfg.device).type == "cuda" else "CPU"
     span = _duration(low) if _duration(low) == _duration(high) else f"{_duration(low)} to {_duration(high)}"
     text = (f"{cfg.dataset} · {cfg.arch} · {cfg.steps} steps: about {span} here on the {device} "
@@ -71,14 +66,14 @@ def describe(cfg: RunConfig, pace: Pace) -> str:
 def fitting_steps(cfg: RunConfig, pace: Pace) -> int:
     """The most steps whose run fits cfg's time budget at the fast end of its range (at least 1)."""
     step = pace.step_low_s if pace.step_low_s is not None else pace.step_s
-    spare = cfg.time_budget - pace.robustness_s - evaluations(cfg) * pace.evaluation_s
+    spare = cfg.time_budget - pace.robustness_s - cfg.evaluations() * pace.evaluation_s
     return max(1, int(spare / max(step, 1e-9)))
 
 
 def refuse_if_too_long(cfg: RunConfig, pace: Pace, what: str = "This run") -> None:
     """ConfigError in plain words when `cfg` cannot finish within its time budget even at the fast
     end of its measured range: refused before it starts, not cut after minutes."""
-    low, _ = pace.seconds_range(cfg.steps, evaluations(cfg))
+    low, _ = pace.seconds_range(cfg.steps, cfg.evaluations())
     if cfg.time_budget > 0 and low > cfg.time_budget:
         raise ConfigError(
             f"{what} would take about {_duration(low)} here ({pace.step_s * 1e3:.3g} ms a step, measured just now), "
@@ -125,7 +120,7 @@ def fit(*values: Any, space: limits.Limits, paces: Paces, memory: Estimator):
         pace = _pace(cfg, paces, memory)
         if not _same(chosen["steps"], suggested):
             return None, _line(describe(cfg, pace))
-        steps = min(pace.suggested_steps(evaluations(cfg)), space.max_steps)
+        steps = min(pace.suggested_steps(cfg.evaluations()), space.max_steps)
         return steps, _line(describe(_config({**chosen, "steps": steps}, space), pace))
     except (ConfigError, data.DatasetUnavailable) as exc:
         return None, _line(f"No estimate: {exc}")

@@ -40,6 +40,7 @@ from demo.engine.config import MAX_STEPS, ConfigError, RunConfig
 __all__ = ["Limits", "check", "time_budget"]
 
 PREFIX = "JP_"
+MAY_BE_ZERO = frozenset({"memory_ceiling_mb"})  # where 0 means "off"
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class Limits:
     listen_grace: float = 10.0
     torch_threads: int = 1
     max_memory_mb: float = 0.0  # 0: the memory budget is demo.budget.memory's share of what is available
+    # How far the server's address space may grow (demo.budget.memory.set_ceiling); None: a share of
+    # the memory available; 0 (JP_MEMORY_CEILING_MB=0): no ceiling.
+    memory_ceiling_mb: float | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:
@@ -76,7 +80,7 @@ class Limits:
                 number = float(raw)
             except ValueError:
                 raise ValueError(f"{name} must be a number, got {raw!r}.") from None
-            if not number > 0 or number == float("inf"):
+            if not (number > 0 or (number == 0 and field.name in MAY_BE_ZERO)) or number == float("inf"):
                 raise ValueError(f"{name} must be a positive finite number, got {raw!r}.")
             values[field.name] = int(number) if field.type == "int" else number
         limits = cls(**values)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import json
 import re
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -22,7 +23,7 @@ import gradio as gr
 from demo.app.controls import CONFIG_FIELDS
 from demo.engine.config import ConfigError, RunConfig
 
-__all__ = ["PRESETS", "copy_link_js", "from_url"]
+__all__ = ["PRESETS", "copy_link_js", "from_url", "settings_of"]
 
 # Each preset: the controls it sets, the tab it opens and that tab's settings (by a short name
 # the wiring in demo.app.ui maps to components).
@@ -60,18 +61,24 @@ PRESETS = MappingProxyType({
 READY_TARGETS = MappingProxyType({"sweep": "sweep_status", "thread": "thread_numbers", "cost": "cost_note"})
 
 
-def from_url(request: gr.Request) -> list[Any]:
-    """On page load: each control named in the URL's query set to its value, or left (gr.skip())."""
-    params = dict(request.query_params) if request is not None else {}
-    chosen = {name: params[name] for name in CONFIG_FIELDS if name in params}
+def settings_of(query: Mapping[str, str]) -> dict[str, Any] | None:
+    """The controls a link's query names, as RunConfig reads them ({} when it names none); None,
+    after a warning that says why, when RunConfig refuses them."""
+    chosen = {name: query[name] for name in CONFIG_FIELDS if name in query}
     if not chosen:
-        return [gr.skip() for _ in CONFIG_FIELDS]
+        return {}
     try:
         cfg = RunConfig.from_mapping(chosen)
     except ConfigError as exc:
         gr.Warning(f"The link's settings were not applied: {exc}", duration=8)
-        return [gr.skip() for _ in CONFIG_FIELDS]
-    return [getattr(cfg, name) if name in chosen else gr.skip() for name in CONFIG_FIELDS]
+        return None
+    return {name: getattr(cfg, name) for name in chosen}
+
+
+def from_url(request: gr.Request) -> list[Any]:
+    """On page load: each control named in the URL's query set to its value, or left (gr.skip())."""
+    settings = settings_of(dict(request.query_params) if request is not None else {}) or {}
+    return [settings.get(name, gr.skip()) for name in CONFIG_FIELDS]
 
 
 def copy_link_js() -> str:

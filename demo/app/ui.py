@@ -1,4 +1,4 @@
-"""The Gradio app: `build_demo()` composes the views of demo/views into one Blocks; `launch()`.
+"""The Gradio app: `build_demo()` composes the views of demo/app/views into one Blocks; `launch()`.
 
 Layout: the run's controls on the left; on the right Train / Stop, the status line and one tab
 per view (Training, Jacobian, Robustness, Runs, "Why did .backward() not learn?", Cost).
@@ -147,7 +147,7 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
         # "Copy link" writes them; presets set controls and open a tab.
         page_handlers = visitors.PageHandlers(
             visitors.Visitors(ttl=space.session_ttl, capacity=space.max_sessions), controls_view.CONFIG_FIELDS,
-            sharing.from_url)
+            sharing.from_url, sharing.settings_of)
         loaded = demo.load(page_handlers.load, [browser, session], [browser, session, *controls.inputs(), welcome],
                            api_visibility="private", show_progress="hidden")
         gr.on([c.change for c in controls.inputs()], page_handlers.save_controls, [browser, *controls.inputs()],
@@ -229,7 +229,7 @@ def launch(demo: gr.Blocks, **options) -> tuple:
         if not blocking:  # a test's server in its own process: no process-wide limits
             return served
         _preload()  # before the ceiling: a shared library mapped under it can fail to map
-        memory.set_ceiling()
+        memory.set_ceiling(space.memory_ceiling_mb)
         server.return_memory_when_idle(lambda: bool(fair.events()))
         demo.block_thread()
         return served

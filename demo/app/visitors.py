@@ -77,12 +77,14 @@ class Visitors:
             link = self._known.get(_token_of(stored) or "", {}).get("controls", {}).get("_link")
         self._update(stored, controls={**dict(controls), **({"_link": link} if link is not None else {})})
 
-    def save_link(self, stored: Any, query: Mapping[str, str]) -> None:
-        """The query of the link this visitor copied: on a reload it is their own, not a shared one."""
+    def save_link(self, stored: Any, query: Mapping[str, str], settings: Mapping[str, Any] | None = None) -> None:
+        """The query of the link this visitor copied: on a reload it is their own, not a shared one.
+        `settings` (the link's values, typed) are what was on screen when they copied it: saved as
+        the controls too, so a reload right after Copy link cannot lose to a save still on its way."""
         with self._lock:
             entry = self._known.get(_token_of(stored) or "")
             if entry is not None:
-                entry["controls"] = {**entry["controls"], "_link": dict(query)}
+                entry["controls"] = {**entry["controls"], **dict(settings or {}), "_link": dict(query)}
 
     def _update(self, stored: Any, **changes: Any) -> None:
         token = _token_of(stored)
@@ -120,6 +122,7 @@ class PageHandlers:
     visitors: Visitors
     fields: tuple[str, ...]  # the controls, in CONFIG_FIELDS order
     from_url: Callable  # request -> the controls' values from the link (or gr.skip()s)
+    settings_of: Callable[[Mapping[str, str]], Mapping[str, Any] | None] = lambda query: {}  # a query, typed
 
     def load(self, stored: Any, session: dict | None, request: gr.Request = None) -> list[Any]:
         """(browser state, session, *controls, note): a returning visitor gets their runs and the
@@ -140,7 +143,8 @@ class PageHandlers:
         """After Copy link: that link's settings are this visitor's own (see the module docstring)."""
         if isinstance(link, str) and len(link) <= 4000:
             query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(link).query))
-            self.visitors.save_link(stored, {k: v for k, v in query.items() if k in self.fields})
+            query = {k: v for k, v in query.items() if k in self.fields}
+            self.visitors.save_link(stored, query, self.settings_of(query))
 
     def save_session(self, stored: Any, session: dict | None) -> None:
         self.visitors.save_session(stored, session)

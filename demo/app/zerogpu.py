@@ -15,8 +15,8 @@ was measured on a ZeroGPU device; the cap below is what bounds a run):
 
     step_s   = ARCH_STEP_S[arch] * max(1, batch_size / REFERENCE_BATCH) * method_factor
     estimate = WORKER_START_S + SAFETY * (steps * step_s
-                                          + evaluations * EVALUATION_STEPS * plain step_s
-                                          + robustness * ROBUSTNESS_STEPS * plain step_s)
+                                          + evaluations * EVALUATION_PLAIN_STEPS * plain step_s
+                                          + robustness * ROBUSTNESS_PLAIN_STEPS * plain step_s)
     duration = ceil(clamp(estimate, MIN_DURATION_S, budget + TAIL_S))
 
 where `method_factor` counts passes relative to a plain cross-entropy step (below),
@@ -49,8 +49,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 ARCH_STEP_S = MappingProxyType({"mlp": 0.004, "lenet": 0.006, "resnet": 0.015, "vit": 0.012})
 UNKNOWN_ARCH_STEP_S = 0.02
 REFERENCE_BATCH = 64
-EVALUATION_STEPS = 20  # an evaluation (test accuracy, exact ||J|| on a test subset) in plain steps
-ROBUSTNESS_STEPS = 800  # noise, FGSM and PGD-10 over a grid on 500 test inputs, in plain steps
+EVALUATION_PLAIN_STEPS = 20  # an evaluation (test accuracy, exact ||J|| on a test subset) in plain steps
+ROBUSTNESS_PLAIN_STEPS = 800  # noise, FGSM and PGD-10 over a grid on 500 test inputs, in plain steps
 WORKER_START_S = 10.0  # fork the worker, CUDA context, data and model to the GPU
 SAFETY = 1.5  # the estimate is low on a busy or slower GPU: a killed run loses everything
 MIN_DURATION_S = 15
@@ -69,11 +69,11 @@ def gpu_duration(cfg: RunConfig, space: limits.Limits | None = None) -> int:
     """
     space = space or limits.Limits.from_env()
     plain_s = ARCH_STEP_S.get(cfg.arch, UNKNOWN_ARCH_STEP_S) * max(1.0, cfg.batch_size / REFERENCE_BATCH)
-    evaluations = cfg.steps // cfg.eval_every + 1
+    evaluations = cfg.evaluations()
     work_s = (
         cfg.steps * plain_s * method_factor(cfg)
-        + evaluations * EVALUATION_STEPS * plain_s
-        + (ROBUSTNESS_STEPS * plain_s if cfg.robustness else 0.0)
+        + evaluations * EVALUATION_PLAIN_STEPS * plain_s
+        + (ROBUSTNESS_PLAIN_STEPS * plain_s if cfg.robustness else 0.0)
     )
     estimate = WORKER_START_S + SAFETY * work_s
     budget = limits.time_budget(cfg.time_budget, space)

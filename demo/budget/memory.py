@@ -40,7 +40,6 @@ import os
 import resource
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,7 +180,7 @@ def measure_probe(cfg: RunConfig, num_classes: int, device: torch.device) -> Pro
     (at most MAX_PROBED of them) at the probe's batch, and of a plain step. The optimizer's step
     is left out: its temporaries do not grow with the batch or the products."""
     shape = dataset_shape(cfg.dataset)
-    options = {"width": cfg.width, "depth": cfg.depth} if cfg.arch == "mlp" else {}
+    options = cfg.model_options()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = models.build(cfg.arch, shape, num_classes, **options).to(device)
@@ -282,20 +281,14 @@ def _largest_batch(cfg: RunConfig, probe: Probe, num_classes: int, budget: float
     return low
 
 
-def set_ceiling(environ: Mapping[str, str] | None = None) -> float | None:
-    """Cap this process's address space (RLIMIT_AS) at its present size plus the ceiling, so an
+def set_ceiling(growth_mb: float | None = None) -> float | None:
+    """Cap this process's address space (RLIMIT_AS) at its present size plus `growth_mb`, so an
     allocation past it fails (and the run that made it ends as out_of_memory) before the kernel
     ends the process. Returns the ceiling in MB, or None where none is set: not on Linux, or with
-    CUDA (its driver reserves far more address space than it uses). JP_MEMORY_CEILING_MB chooses
-    the growth allowed; default CEILING_FRACTION of the available memory; 0 turns it off."""
-    environ = os.environ if environ is None else environ
-    raw = environ.get("JP_MEMORY_CEILING_MB", "").strip()
-    try:
-        growth = float(raw) if raw else CEILING_FRACTION * available_mb()
-    except ValueError:
-        raise ValueError(f"JP_MEMORY_CEILING_MB must be a number of megabytes, got {raw!r}.") from None
-    if not 0 <= growth < float("inf"):
-        raise ValueError(f"JP_MEMORY_CEILING_MB must be a positive number of megabytes, got {raw!r}.")
+    CUDA (its driver reserves far more address space than it uses). `growth_mb` (the app's
+    JP_MEMORY_CEILING_MB, read with its other limits): None for CEILING_FRACTION of the available
+    memory; 0 turns it off."""
+    growth = CEILING_FRACTION * available_mb() if growth_mb is None else growth_mb
     if growth == 0 or torch.cuda.is_available():
         return None
     size = address_space_mb()

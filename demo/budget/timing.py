@@ -27,7 +27,7 @@ Methods: "plain" (the baseline, always measured and returned first), the estimat
 create_graph (one per output), only for C <= LOOP_MAX_CLASSES.
 
 This module is the measurement the app's Cost view runs; the grids, their command line and the
-report files are in benchmarks/ (benchmarks/penalty_cost.py, `python -m demo bench`).
+report files are in benchmarks/ (benchmarks/penalty_cost.py, `make bench`).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ __all__ = [
 PLAIN = "plain"
 LOOP = "loop"
 LOOP_MAX_CLASSES = 100  # the loop is C double-backprop passes: beyond this it is only slow
-PENALTY_WEIGHT = 0.01  # lambda; the cost does not depend on it (any lambda > 0 builds the same graph)
+STRENGTH = 0.01  # lambda; the cost does not depend on it (any lambda > 0 builds the same graph)
 LEARNING_RATE = 1e-4  # small, so hundreds of timed steps leave the model about where it started
 MIN_SAMPLE_S = 0.02  # a timed sample lasts at least this long: fast steps repeat inside it
 MAX_STEPS_PER_SAMPLE = 50
@@ -147,7 +147,7 @@ def step_closure(
             loss = F.cross_entropy(model(x), y)
         else:
             logits, term = penalty_fn(model, x)
-            loss = F.cross_entropy(logits, y) + PENALTY_WEIGHT * term
+            loss = F.cross_entropy(logits, y) + STRENGTH * term
         optimizer.zero_grad(set_to_none=True)
         loss.backward(inputs=inputs)
         optimizer.step()

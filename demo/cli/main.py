@@ -13,22 +13,19 @@ in the message and never costs the other. A file that cannot be written says why
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import dataclasses
-import inspect
 import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import MappingProxyType
 
 import models
 from demo.cli import outputs
 from demo.engine import config as config_module
 from demo.engine import data, distributed
 from demo.engine import sweep as sweeps
-from demo.engine.config import DEVICES, OPTIMIZERS, REGULARIZERS, TARGETS, ConfigError, RunConfig, label
+from demo.engine.config import REGULARIZERS, ConfigError, RunConfig, label
 from demo.engine.record import FAILED, Recorder, to_json
 from demo.engine.train import Progress, Robustness, Started, resolve_device, train
 from jacobian_penalty import METHODS
@@ -38,45 +35,10 @@ EXIT_RUN_FAILED = 1
 
 
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")  # Ctrl-C too: a SIGINT ignored by the parent would be too
-# What a field means, for the fields whose line in RunConfig has no comment yet (a comment there wins).
-UNCOMMENTED = MappingProxyType({
-    "dataset": "the data set to train on (python -m demo list describes each)",
-    "arch": "the architecture (python -m demo list describes each)",
-    "method": "the estimator of ||J||_F^2 for the Jacobian penalty",
-    "num_projections": "random probes per sample and step (projection, jvp and fd)",
-    "steps": "training steps",
-    "batch_size": "samples per training step",
-    "optimizer": "the optimizer",
-    "lr": "the learning rate",
-    "seed": "seeds the initialisation, the batches, the probes and the generated data sets",
-})
-
-
-def choices() -> dict[str, tuple[str, ...]]:
-    """The values each enumerated RunConfig field takes, as RunConfig checks them."""
-    return {"dataset": tuple(data.DATASETS), "arch": tuple(models.ARCHITECTURES), "method": tuple(METHODS),
-            "target": TARGETS, "optimizer": OPTIMIZERS, "device": DEVICES, "regularizer": tuple(REGULARIZERS)}
-
-
-def field_comments() -> dict[str, str]:
-    """Each RunConfig field's trailing comment in its source (what the field means), by name."""
-    source = inspect.getsource(config_module)
-    lines = source.splitlines()
-    tree = ast.parse(source)
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == RunConfig.__name__)
-    comments = {}
-    for node in cls.body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            line = lines[node.end_lineno - 1]
-            if "#" in line:
-                comments[node.target.id] = line.split("#", 1)[1].strip()
-    return comments
-
-
 def field_help(name: str, default: object, comments: dict[str, str]) -> str:
-    """--name's help: the field's comment (or its label), its choices, its default."""
-    text = comments.get(name) or UNCOMMENTED.get(name) or label(name)
-    options = choices().get(name)
+    """--name's help: the field's comment in RunConfig (or its label), its choices, its default."""
+    text = comments.get(name) or label(name)
+    options = config_module.choices().get(name)
     if options:
         text += f"; one of: {', '.join(options)}"
     if name == "method":
@@ -88,7 +50,7 @@ def field_help(name: str, default: object, comments: dict[str, str]) -> str:
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     defaults = RunConfig()
-    comments = field_comments()
+    comments = config_module.descriptions()
     for f in dataclasses.fields(RunConfig):
         flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
         default = getattr(defaults, f.name)
@@ -98,7 +60,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                                 help=text)
         else:
             # Values stay strings here; RunConfig.from_mapping converts and explains bad ones.
-            options = choices().get(f.name)
+            options = config_module.choices().get(f.name)
             metavar = "{" + ",".join(options) + "}" if options else f.type.upper()
             parser.add_argument(*flags, dest=f.name, default=default, metavar=metavar, help=text)
 
@@ -184,7 +146,7 @@ def _train(args: argparse.Namespace) -> int:
     if problem:  # found before training, so a mistyped path costs no run
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    # Under torchrun every rank runs this; rank 0 alone prints and writes (demo/distributed.py).
+    # Under torchrun every rank runs this; rank 0 alone prints and writes (demo/engine/distributed.py).
     joined = False
     try:
         joined = distributed.init_from_env(resolve_device(cfg.device))

@@ -6,8 +6,11 @@ construct it directly. It validates itself on construction and says in plain wor
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 import math
+import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -71,19 +74,19 @@ def shown(value: Any) -> str:
 class RunConfig:
     """Everything that defines one training run. Defaults: a ~2 s CPU run on embedded digits."""
 
-    dataset: str = "digits"
-    arch: str = "mlp"
+    dataset: str = "digits"  # the data set to train on (python -m demo list describes each)
+    arch: str = "mlp"  # the architecture (python -m demo list describes each)
     # The regulariser's strength: λ for jacobian, input_gradient and weight_decay; the training ε for
     # adversarial; on when > 0 for spectral (REGULARIZERS).
     penalty: float = 0.01
-    method: str = "projection"
-    num_projections: int = 1
+    method: str = "projection"  # the estimator of ||J||_F^2 for the Jacobian penalty
+    num_projections: int = 1  # random probes per sample and step (projection, jvp and fd)
     target: str = "logits"  # penalise d logits / dx, or d features / dx (penultimate layer)
-    steps: int = 1500
-    batch_size: int = 64
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    seed: int = 0
+    steps: int = 1500  # training steps
+    batch_size: int = 64  # samples per training step
+    optimizer: str = "adam"  # the optimizer
+    lr: float = 1e-3  # the learning rate
+    seed: int = 0  # seeds the initialisation, the batches, the probes and the generated data sets
     device: str = "auto"  # "auto" takes CUDA when present
     time_budget: float = 0.0  # seconds of training; 0 means no limit
     report_every: int = 25  # steps between progress events (each costs one host sync)
@@ -116,6 +119,10 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def evaluations(self) -> int:
+        """Evaluations a full run makes: every eval_every steps, and one at the end (train's gate)."""
+        return (self.steps - 1) // self.eval_every + 1
 
     def model_options(self) -> dict[str, int]:
         """The architecture's own settings for models.build: the MLP's width and depth."""
@@ -182,15 +189,40 @@ def _number(name: str, value: Any, low: float, high: float, *, low_open: bool = 
     return None
 
 
+def choices() -> dict[str, tuple[str, ...]]:
+    """The values each enumerated field takes: what RunConfig checks and the CLI lists."""
+    return {"dataset": tuple(data.DATASETS), "arch": tuple(models.ARCHITECTURES), "method": tuple(METHODS),
+            "target": TARGETS, "optimizer": OPTIMIZERS, "device": DEVICES, "regularizer": tuple(REGULARIZERS)}
+
+
+def descriptions() -> dict[str, str]:
+    """What each field means, by name: its comment in RunConfig's source (the comment at the end of
+    its line, or the comment lines right above it), so the CLI's help cannot drift from it."""
+    lines = inspect.getsource(RunConfig).splitlines()
+    tree = ast.parse(textwrap.dedent("\n".join(lines)))
+    found = {}
+    for node in tree.body[0].body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        line = lines[node.end_lineno - 1]
+        if "#" in line:
+            found[node.target.id] = line.split("#", 1)[1].strip()
+            continue
+        above = []
+        for previous in reversed(lines[: node.lineno - 1]):
+            if not previous.strip().startswith("#"):
+                break
+            above.insert(0, previous.strip().lstrip("#").strip())
+        if above:
+            found[node.target.id] = " ".join(above)
+    return found
+
+
 def _problems(cfg: RunConfig) -> list[str]:
+    options = choices()
     checks = [
-        _choice("dataset", cfg.dataset, tuple(data.DATASETS)),
-        _choice("architecture", cfg.arch, tuple(models.ARCHITECTURES)),
-        _choice("method", cfg.method, tuple(METHODS)),
-        _choice("target", cfg.target, TARGETS),
-        _choice("optimizer", cfg.optimizer, OPTIMIZERS),
-        _choice("device", cfg.device, DEVICES),
-        _choice("regularizer", cfg.regularizer, tuple(REGULARIZERS)),
+        *(_choice("architecture" if name == "arch" else name, getattr(cfg, name), values)
+          for name, values in options.items()),
         _number("penalty λ (lambda)", cfg.penalty, 0.0, MAX_PENALTY),
         _integer("projections per step (num_projections)", cfg.num_projections, 1, MAX_PROJECTIONS),
         _integer("steps", cfg.steps, 1, MAX_STEPS),

@@ -76,7 +76,7 @@ class Progress:
     term: float  # mean regulariser term R (Jacobian penalty: the method's own estimate of ||J||_F^2)
     weighted_term: float  # strength x term: what the regulariser adds to the loss
     train_accuracy: float
-    jacobian_norm_estimate: float  # sqrt(penalty): the penalty's estimate of ||J||_F
+    jacobian_norm_estimate: float  # sqrt(term): the Jacobian penalty's estimate of ||J||_F
     samples_per_s: float
     elapsed: float
 
@@ -523,11 +523,11 @@ def final_metrics(history: list[dict], evaluations: list[dict], step: int, batch
     }
 
 
-def _divergence_message(cfg: RunConfig, step: int, ce: float, pen: float, history: list[dict]) -> str:
+def _divergence_message(cfg: RunConfig, step: int, ce: float, term: float, history: list[dict]) -> str:
     what = "the cross-entropy" if not math.isfinite(ce) else "the Jacobian penalty"
     kept = f"step {history[-1]['step']}" if history else "no step (it diverged before the first report)"
     return (
-        f"Training diverged: {what} became {ce if what == 'the cross-entropy' else pen} by step {step}. "
+        f"Training diverged: {what} became {ce if what == 'the cross-entropy' else term} by step {step}. "
         f"The penalty weight ({cfg.penalty:g}) or the learning rate ({cfg.lr:g}) is probably too large. "
         f"The metrics shown are the last good ones, from {kept}."
     )

@@ -7,7 +7,7 @@ Jacobian") does, for every batch:
     y = model(x)                                       # (B, C)
     y.backward(torch.ones_like(y), retain_graph=True)  # writes x.grad AND every parameter's .grad
     penalty = x.grad.data.norm(2)                      # .data: a constant without a graph
-    loss = cross_entropy(y, t) + lam * penalty
+    loss = cross_entropy(y, t) + strength * penalty
     loss.backward()                                    # adds onto the .grad left by the first backward
     optimizer.step()                                   # and no zero_grad() anywhere in the loop
 
@@ -160,12 +160,12 @@ def _warm_up(model: nn.Module, batch, steps: int, lr: float, should_stop=None) -
     model.zero_grad(set_to_none=True)
 
 
-def _thread_step(model, optimizer, x, t, lam, measure) -> dict[str, float]:
+def _thread_step(model, optimizer, x, t, strength, measure) -> dict[str, float]:
     x = x.detach().clone()  # a fresh leaf, as a new batch from a DataLoader would be
-    y, penalty = thread_penalty(model, x)
+    y, term = thread_penalty(model, x)
     ce = F.cross_entropy(y, t)
-    loss = ce + lam * penalty
-    stats = _loss_gradients(model, ce, loss, penalty) if measure else None
+    loss = ce + strength * term
+    stats = _loss_gradients(model, ce, loss, term) if measure else None
     loss.backward()  # onto the .grad that y.backward(ones) and all earlier steps left
     if measure:
         stats["grad_pollution"] = _pollution(model, stats.pop("_g_loss"))
@@ -173,12 +173,12 @@ def _thread_step(model, optimizer, x, t, lam, measure) -> dict[str, float]:
     return stats or {}
 
 
-def _our_step(model, optimizer, x, t, lam, method, probes, measure) -> dict[str, float]:
+def _our_step(model, optimizer, x, t, strength, method, probes, measure) -> dict[str, float]:
     optimizer.zero_grad(set_to_none=True)
-    y, penalty = ours_penalty(model, x, method=method, generator=probes)
+    y, term = ours_penalty(model, x, method=method, generator=probes)
     ce = F.cross_entropy(y, t)
-    loss = ce + lam * penalty
-    stats = _loss_gradients(model, ce, loss, penalty) if measure else None
+    loss = ce + strength * term
+    stats = _loss_gradients(model, ce, loss, term) if measure else None
     loss.backward()
     if measure:
         stats["grad_pollution"] = _pollution(model, stats.pop("_g_loss"))
@@ -186,14 +186,14 @@ def _our_step(model, optimizer, x, t, lam, method, probes, measure) -> dict[str,
     return stats or {}
 
 
-def _loss_gradients(model, ce, loss, penalty) -> dict:
+def _loss_gradients(model, ce, loss, term) -> dict:
     """Numbers for a report, taken before loss.backward(): the gradient the loss as written has."""
     params = list(model.parameters())
-    pen_grad = parameter_gradient(penalty, params)
+    term_grad = parameter_gradient(term, params)
     return {
         "ce_loss": ce.item(),
-        "penalty_value": penalty.item(),
-        "penalty_grad_norm": _norm(pen_grad),
+        "penalty_value": term.item(),
+        "penalty_grad_norm": _norm(term_grad),
         "_g_loss": [g.detach() for g in parameter_gradient(loss, params)],
     }
 

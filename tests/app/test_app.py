@@ -266,6 +266,15 @@ def test_limits_come_from_the_environment_and_bound_each_run():
     assert Limits.from_env({}) == Limits()
     with pytest.raises(ValueError, match="JP_QUEUE_SIZE"):
         Limits.from_env({"JP_QUEUE_SIZE": "many"})
+    # The memory ceiling's growth: 0 turns it off (and only there is 0 a value); unset, a share.
+    assert Limits.from_env({"JP_MEMORY_CEILING_MB": "0"}).memory_ceiling_mb == 0
+    assert Limits.from_env({"JP_MEMORY_CEILING_MB": "1500"}).memory_ceiling_mb == 1500
+    assert Limits().memory_ceiling_mb is None
+    for bad in ("x", "-5"):
+        with pytest.raises(ValueError, match="JP_MEMORY_CEILING_MB"):
+            Limits.from_env({"JP_MEMORY_CEILING_MB": bad})
+    with pytest.raises(ValueError, match="JP_QUEUE_SIZE"):
+        Limits.from_env({"JP_QUEUE_SIZE": "0"})
     assert config_from({"steps": 500}, space).time_budget == 10.0  # no budget: the Space's
     assert config_from({"steps": 500, "time_budget": 3.0}, space).time_budget == 3.0
     assert config_from({"steps": 500, "time_budget": 30.0}, space).time_budget == 10.0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from demo.app import inspection as inspect
+from demo.app import inspection
 from demo.engine.config import RunConfig
 from demo.engine.record import Recorder
 from demo.engine.train import build_model, train
@@ -33,13 +33,13 @@ def digits_model():
     cfg = RunConfig(dataset="digits", width=16, depth=1)
     record = {"config": cfg.to_dict(), "dataset": {"input_shape": [1, 8, 8], "num_classes": 10}}
     model = build_model(cfg, (1, 8, 8), 10)
-    return record, inspect.load_model(record, model.state_dict())
+    return record, inspection.load_model(record, model.state_dict())
 
 
 def test_loaded_model_and_data_reproduce_the_recorded_accuracy(moons_run):
     record, weights = moons_run
-    model = inspect.load_model(record, weights)
-    dataset = inspect.load_data(record)
+    model = inspection.load_model(record, weights)
+    dataset = inspection.load_data(record)
     with torch.no_grad():
         accuracy = (model(dataset.x_test).argmax(1) == dataset.y_test).sum().item() / len(dataset.y_test)
     assert accuracy == pytest.approx(record["evaluations"][-1]["test_accuracy"], abs=1e-9)
@@ -48,7 +48,7 @@ def test_loaded_model_and_data_reproduce_the_recorded_accuracy(moons_run):
 
 def test_grid_spans_the_points_with_a_margin():
     points = torch.tensor([[0.0, -1.0], [2.0, 3.0], [1.0, 0.0]])
-    xs, ys, xy = inspect.grid(points, resolution=5, margin=0.25)
+    xs, ys, xy = inspection.grid(points, resolution=5, margin=0.25)
     assert xs[0].item() == pytest.approx(-0.5) and xs[-1].item() == pytest.approx(2.5)
     assert ys[0].item() == pytest.approx(-2.0) and ys[-1].item() == pytest.approx(4.0)
     assert xy.shape == (25, 2)
@@ -57,9 +57,9 @@ def test_grid_spans_the_points_with_a_margin():
 
 def test_field_norm_at_grid_points_equals_the_jacobian_norm_there(moons_run):
     record, weights = moons_run
-    model = inspect.load_model(record, weights)
-    dataset = inspect.load_data(record)
-    field = inspect.norm_field(model, dataset.x_test, resolution=7)
+    model = inspection.load_model(record, weights)
+    dataset = inspection.load_data(record)
+    field = inspection.norm_field(model, dataset.x_test, resolution=7)
     assert field["norms"].shape == field["predictions"].shape == (7, 7)
     assert field["num_classes"] == 2
     for i, j in [(0, 0), (1, 5), (6, 2), (3, 3)]:  # off the diagonal too: catches swapped axes
@@ -73,14 +73,14 @@ def test_field_norm_at_grid_points_equals_the_jacobian_norm_there(moons_run):
 
 def test_field_sees_both_classes_on_trained_moons(moons_run):
     record, weights = moons_run
-    field = inspect.norm_field(inspect.load_model(record, weights), inspect.load_data(record).x_test)
+    field = inspection.norm_field(inspection.load_model(record, weights), inspection.load_data(record).x_test)
     assert set(np.unique(field["predictions"]).tolist()) == {0, 1}  # a decision boundary to draw
 
 
 def test_example_jacobian_matches_the_oracle(digits_model):
     record, model = digits_model
-    dataset = inspect.load_data(record)
-    example = inspect.example_jacobian(model, dataset, 7)
+    dataset = inspection.load_data(record)
+    example = inspection.example_jacobian(model, dataset, 7)
     x = dataset.x_test[7]
     np.testing.assert_allclose(example["jacobian"], oracle_jacobian(model, x).numpy(), rtol=1e-5, atol=1e-7)
     assert example["jacobian"].shape == (10, 1, 8, 8)
@@ -96,17 +96,17 @@ def test_example_jacobian_matches_the_oracle(digits_model):
 
 def test_example_index_wraps_around(digits_model):
     record, model = digits_model
-    dataset = inspect.load_data(record)
+    dataset = inspection.load_data(record)
     size = len(dataset.x_test)
-    assert inspect.example_jacobian(model, dataset, size + 2)["index"] == 2
+    assert inspection.example_jacobian(model, dataset, size + 2)["index"] == 2
 
 
 def test_perturbed_inputs_and_predictions(digits_model):
     record, model = digits_model
-    dataset = inspect.load_data(record)
-    clean = inspect.perturbed(model, dataset, attack="noise", strength=0.0, count=4)
+    dataset = inspection.load_data(record)
+    clean = inspection.perturbed(model, dataset, attack="noise", strength=0.0, count=4)
     np.testing.assert_array_equal(clean["perturbed"], clean["inputs"])
-    attacked = inspect.perturbed(model, dataset, attack="fgsm", strength=0.1, count=4)
+    attacked = inspection.perturbed(model, dataset, attack="fgsm", strength=0.1, count=4)
     step = np.abs(attacked["perturbed"] - attacked["inputs"])
     assert step.max() == pytest.approx(0.1, abs=1e-6)  # an L-inf step of epsilon, clipped to [0, 1]
     assert attacked["perturbed"].min() >= 0.0 and attacked["perturbed"].max() <= 1.0

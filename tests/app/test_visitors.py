@@ -83,6 +83,20 @@ def test_a_shared_link_sets_the_controls_but_the_visitors_own_stale_link_does_no
     assert controls == ["digits", 9]
 
 
+def test_copy_link_saves_what_was_on_screen_even_before_the_change_itself_arrives():
+    from demo.app.sharing import settings_of
+
+    visitors, _ = store()
+    page = PageHandlers(visitors, ("dataset", "seed"), lambda request: ["link"] * 2, settings_of)
+    browser, *_ = page.load(None, None, Request(dataset="moons", seed="7"))
+    page.save_controls(browser, "moons", 7)
+    # Seed changed to 8 on screen and copied at once: the change's own save is still on its way
+    # (a reload or navigation can abort it), but the copied link carries the screen's values.
+    page.save_link(browser, "http://127.0.0.1:7860/?dataset=moons&seed=8")
+    _, _, *controls, _ = page.load(browser, None, Request(dataset="moons", seed="8"))
+    assert controls == ["moons", 8]
+
+
 def test_live_sessions_merge_what_two_events_of_one_session_add():
     from demo.app.session import LiveSessions, new_session
     from demo.engine.config import RunConfig

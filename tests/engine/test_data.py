@@ -1,4 +1,4 @@
-"""demo/data.py: generated and bundled sets, and the torchvision sets read from small files that
+"""demo/engine/data.py: generated and bundled sets, and the torchvision sets read from small files that
 the tests write in tmp folders. No test touches the network: an autouse fixture makes any
 connection attempt fail."""
 

@@ -12,7 +12,6 @@ import gradio as gr
 import pandas as pd
 import torch
 
-import models
 from demo.app import controls as controls_view
 from demo.app import inputs, limits, plots
 from demo.app.running import deadline
@@ -21,7 +20,7 @@ from demo.app.zerogpu import on_gpu
 from demo.budget import timing as bench
 from demo.budget.memory import Estimator
 from demo.engine import data
-from demo.engine.config import DEVICES, ConfigError, RunConfig
+from demo.engine.config import RunConfig
 from demo.engine.train import resolve_device
 from demo.evaluation.robustness import Stopped
 from jacobian_penalty import METHODS
@@ -79,12 +78,13 @@ def measure_cost(arch: str, dataset: str, device: str, classes: Sequence[int], m
                  batch_size: int, *, memory: Estimator, max_seconds: float = 0.0):
     """/cost: ms per training step and ratio to a plain step for each method at each C; streams
     (figure, table) after each C."""
-    shape, torch_device = _check(arch, dataset, device, classes, methods, batch_size)
-    classes, methods = sorted({int(c) for c in classes}), list(dict.fromkeys(methods))  # each measured once
-    _check_memory(memory, arch, dataset, device, classes[-1], methods, int(batch_size), torch_device)
+    configs = _configs(arch, dataset, device, classes, methods, batch_size, memory)
+    first = configs[0]
+    classes, methods = sorted({int(c) for c in classes}), [cfg.method for cfg in configs]  # each measured once
+    shape, torch_device = data.input_shape(first.dataset), resolve_device(first.device)
     rows: list[dict] = []
     try:
-        for rows in cost_stream(arch, shape, torch_device, classes, methods, int(batch_size), max_seconds):
+        for rows in cost_stream(first.arch, shape, torch_device, classes, methods, first.batch_size, max_seconds):
             yield plots.cost_figure(rows), _table(rows), noise_note(rows)
     except Stopped:  # the app's time limit: the C values measured so far stay on screen
         done = sorted({r["num_classes"] for r in rows})
@@ -109,40 +109,29 @@ def noise_note(rows: list[dict]) -> str:
                    "methods: " + "; ".join(noisy) + ". Measure again, or trust only large differences.")
 
 
-def _check(arch, dataset, device, classes, methods, batch_size):
-    try:
-        if not (isinstance(classes, list) and isinstance(methods, list) and classes and methods):
-            raise ConfigError("Choose at least one number of outputs C and one method.")
-        if len(classes) > MAX_LIST or len(methods) > MAX_LIST:
-            raise ConfigError(f"Send at most {MAX_LIST} numbers of outputs C and {MAX_LIST} methods (each is "
-                              f"measured once), got {len(classes)} and {len(methods)}.")
-        # Values arrive as sent (preprocess=False): any JSON, so compare, never convert, first.
-        unknown = [m for m in methods if m not in tuple(METHODS)]
-        if unknown or any(c not in CLASS_CHOICES for c in classes):
-            raise ConfigError(f"Methods must be among {', '.join(METHODS)} and the number of outputs C among "
-                              f"{', '.join(map(str, CLASS_CHOICES))}.")
-        inputs.number(batch_size, "Batch size", 1, MAX_BATCH, whole=True)
-        if not isinstance(arch, str) or not isinstance(dataset, str) or dataset not in data.DATASETS:
-            raise ConfigError(f"Unknown architecture or dataset; choose among {', '.join(models.ARCHITECTURES)} "
-                              f"and {', '.join(data.DATASETS)}.")
-        shape = data.input_shape(dataset)
-        reason = models.incompatibility(arch, shape, dataset=dataset)
-        if reason:
-            raise ConfigError(reason)
-        if device not in DEVICES:
-            raise ConfigError(f"Unknown device {str(device)[:40]!r}; choose one of: {', '.join(DEVICES)}.")
-        return shape, resolve_device(device)
-    except (ConfigError, ValueError, TypeError) as exc:
-        raise inputs.refuse(str(exc)) from None
-
-
-def _check_memory(memory: Estimator, arch, dataset, device, most_classes, methods, batch_size, torch_device):
-    """The largest C with each method must fit (exact keeps a graph per output)."""
-    with inputs.plain_errors(f"At C = {most_classes}: "):
-        for method in methods:
-            cfg = RunConfig(dataset=dataset, arch=arch, method=method, batch_size=batch_size, device=device,
-                            robustness=False)
-            memory.check(cfg, most_classes, torch_device)
+def _configs(arch, dataset, device, classes, methods, batch_size, memory: Estimator) -> list[RunConfig]:
+    """One RunConfig per method, each measured once: RunConfig checks the run's own fields (dataset,
+    architecture, method, batch, device, whether they fit together), as for /train; here only what
+    the Cost tab adds, its lists of C, and the memory the largest C takes (exact keeps a graph per
+    output)."""
+    # Values arrive as sent (preprocess=False): any JSON, so compare, never convert, first.
+    if not (isinstance(classes, list) and isinstance(methods, list) and classes and methods):
+        raise inputs.refuse("Choose at least one number of outputs C and one method.")
+    if len(classes) > MAX_LIST or len(methods) > MAX_LIST:
+        raise inputs.refuse(f"Send at most {MAX_LIST} numbers of outputs C and {MAX_LIST} methods (each is "
+                            f"measured once), got {len(classes)} and {len(methods)}.")
+    if any(c not in CLASS_CHOICES for c in classes) or not all(isinstance(m, str) for m in methods):
+        raise inputs.refuse(f"Methods must be among {', '.join(METHODS)} and the number of outputs C among "
+                            f"{', '.join(map(str, CLASS_CHOICES))}.")
+    with inputs.plain_errors():
+        configs = [RunConfig.from_mapping({"dataset": dataset, "arch": arch, "method": method, "device": device,
+                                           "batch_size": batch_size, "robustness": False})
+                   for method in dict.fromkeys(methods)]
+    most = max(int(c) for c in classes)
+    with inputs.plain_errors(f"At C = {most}: "):
+        for cfg in configs:
+            memory.check(cfg, most, resolve_device(cfg.device))
+    return configs
 
 
 def _table(rows: list[dict]) -> pd.DataFrame:

@@ -16,8 +16,7 @@ import gradio as gr
 import pandas as pd
 import torch
 
-from demo.app import inputs, limits, plots
-from demo.app import inspection as inspect
+from demo.app import inputs, inspection, limits, plots
 from demo.app import session as sessions
 from demo.app.running import deadline
 from demo.app.streaming import ACCELERATOR
@@ -111,7 +110,7 @@ def _model(session: dict | None, cfg: RunConfig) -> tuple[torch.nn.Module, str]:
         record = run["record"]
         if (run["weights"] and record["config"]["dataset"] == cfg.dataset and record["config"]["arch"] == cfg.arch
                 and record["dataset"].get("num_classes") == data.class_count(cfg.dataset, cfg.num_classes)):
-            return inspect.load_model(record, run["weights"]), f"Run #{run['id']} ({sessions.short_label(run)})"
+            return inspection.load_model(record, run["weights"]), f"Run #{run['id']} ({sessions.short_label(run)})"
     shape, classes = data.input_shape(cfg.dataset), data.class_count(cfg.dataset, cfg.num_classes)
     return build_model(cfg, shape, classes).eval(), f"A freshly initialised {cfg.arch} (no run of it yet)"
 

@@ -13,8 +13,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
-from demo.app import inputs, plots
-from demo.app import inspection as inspect
+from demo.app import inputs, inspection, plots
 from demo.app import session as sessions
 
 MAX_EXAMPLE = 10**6  # test example numbers wrap around the test set; beyond this one is a typo
@@ -57,21 +56,21 @@ def show_jacobian(session: dict | None, run: str, compare: str, example: float):
         runs = [sessions.find_run(session, run, need_weights=True)]
         if compare not in (None, ""):
             runs.append(sessions.find_run(session, compare))
-    dataset = inspect.load_data(runs[0]["record"])
+    dataset = inspection.load_data(runs[0]["record"])
     models = []
     for other in runs:
         problem = _unusable(other, runs[0])
         if problem:
             gr.Warning(problem)
             continue
-        models.append((_row_label(other, runs), inspect.load_model(other["record"], other["weights"])))
+        models.append((_row_label(other, runs), inspection.load_model(other["record"], other["weights"])))
     if not models:
         return plots.jacobian_figure([]), plots.field_figure([]), "No run with weights to show yet."
-    examples = [(label, inspect.example_jacobian(model, dataset, index)) for label, model in models]
+    examples = [(label, inspection.example_jacobian(model, dataset, index)) for label, model in models]
     fields, points = [], None  # the field is drawn for 2-D data; for images it says so
     if dataset.kind == "points":
-        fields = [(label, inspect.norm_field(model, dataset.x_test)) for label, model in models]
-        points = inspect.points_of(dataset)
+        fields = [(label, inspection.norm_field(model, dataset.x_test)) for label, model in models]
+        points = inspection.points_of(dataset)
     return plots.jacobian_figure(examples), plots.field_figure(fields, points), _info(examples)
 
 

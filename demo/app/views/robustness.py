@@ -9,8 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from demo.app import inputs, limits, plots
-from demo.app import inspection as inspect
+from demo.app import inputs, inspection, limits, plots
 from demo.app import session as sessions
 from demo.app.running import deadline, visitor
 from demo.app.streaming import ACCELERATOR
@@ -81,7 +80,7 @@ def show_examples(session: dict | None, run: str, attack: str, strength: float):
         return plots.message_figure("Train a run first: its perturbed test inputs appear here.")
     chosen, model = _run_with_model(session, run)
     record = chosen["record"]
-    examples = inspect.perturbed(model, inspect.load_data(record), attack=attack, strength=strength,
+    examples = inspection.perturbed(model, inspection.load_data(record), attack=attack, strength=strength,
                                  count=MAX_EXAMPLES, seed=record["config"]["seed"])
     return plots.examples_figure(examples, run=sessions.short_label(chosen))
 
@@ -95,8 +94,8 @@ def evaluate_thoroughly(session: dict | None, run: str, request: gr.Request = No
     chosen, model = _run_with_model(session, inputs.run_id(run))
     record = chosen["record"]
     try:
-        report = robustness_report(model, inspect.load_data(record), record["config"]["seed"], thorough_evaluation=True,
-                                   should_stop=deadline(max_seconds))
+        report = robustness_report(model, inspection.load_data(record), record["config"]["seed"],
+                                   thorough_evaluation=True, should_stop=deadline(max_seconds))
     except Stopped:
         raise inputs.refuse(f"The thorough evaluation of run #{chosen['id']} did not finish within this app's limit "
                             f"of {max_seconds:g} s; its earlier results are kept. Evaluate a smaller model, or run "
@@ -143,7 +142,7 @@ def _run_with_model(session: dict | None, run: str) -> tuple[dict, Any]:
         chosen = sessions.find_run(session, run, need_weights=True)
     if not chosen["weights"]:
         raise inputs.refuse(f"Run #{chosen['id']} has no weights yet.")
-    return chosen, inspect.load_model(chosen["record"], chosen["weights"])
+    return chosen, inspection.load_model(chosen["record"], chosen["weights"])
 
 
 def choices_update(view: RobustnessView, session: dict | None) -> dict:

@@ -132,7 +132,7 @@ class Handlers:
         return configs, epsilon
 
     def _total_seconds(self, configs) -> float:
-        return sum(self.paces.get(cfg).seconds(cfg.steps, duration.evaluations(cfg)) for cfg in configs)
+        return sum(self.paces.get(cfg).seconds(cfg.steps, cfg.evaluations()) for cfg in configs)
 
 
 def _status(index: int, total: int, record: dict, done: bool = False, records: list[dict] | None = None,

@@ -15,8 +15,7 @@ from typing import Any
 import gradio as gr
 
 from demo.app import controls as controls_view
-from demo.app import duration, inputs, limits, plots
-from demo.app import inspection as inspect
+from demo.app import duration, inputs, inspection, limits, plots
 from demo.app import session as sessions
 from demo.app.controls import POINT_SETS
 from demo.app.running import follow, visitor, wire_stop
@@ -175,10 +174,10 @@ def _numbers(record: dict[str, Any]) -> str:
 
 
 def _field(record: dict[str, Any], weights: dict, points: data.Dataset):
-    model = inspect.load_model(record, weights)
+    model = inspection.load_model(record, weights)
     step = record["evaluations"][-1]["step"] if record["evaluations"] else 0
-    field = inspect.norm_field(model, points.x_test)
-    return plots.field_figure([(f"{plots.run_label(record)}, step {step}", field)], inspect.points_of(points))
+    field = inspection.norm_field(model, points.x_test)
+    return plots.field_figure([(f"{plots.run_label(record)}, step {step}", field)], inspection.points_of(points))
 
 
 def _field_visibility(dataset: str):
