@@ -51,20 +51,30 @@ class Findings:
     forward_mode_unsafe: tuple[str, ...]  # layers (or functions) whose forward-mode derivative is wrong
 
 
-def first_call(f: Callable, x: Tensor, capture: Capture, target: Any, coupling: str, enabled: bool) -> Findings:
-    """The findings for f on inputs like x; the behaviour check runs once per (f, modes, shape)."""
+def first_call(f: Callable, x: Tensor, capture: Capture, target: Any, coupling: str, enabled: bool,
+               forward_mode: bool = True) -> Findings:
+    """The findings for f on inputs like x; the behaviour check runs once per (f, modes, shape).
+    Without it (`enabled` False, or one sample), a method that may use forward mode still gets the
+    layer-norm calls of one recorded pass: forward mode must never meet them, check or no check."""
     by_type = tuple(unsafe_modules(f))
-    if not enabled or x.shape[0] < 2 or not functorch_safe(f):
-        return Findings(by_type)  # one sample cannot couple; DDP is checked by the engine unwrapped
+    if not functorch_safe(f):
+        return Findings(by_type)  # DDP is checked by the engine, unwrapped
+    check = enabled and x.shape[0] >= 2  # one sample cannot couple
+    if not check and (by_type or not forward_mode):
+        return Findings(by_type)
     store, key = _cache_slot(f, x, target)
+    key = key if check else (*key, "calls only")  # a record of calls is no independence check
     if store is not None and key in store:
         return store[key]
-    try:
-        calls = behaviour(f, x[:CHECK_SAMPLES], capture, coupling)
-    except SampleCouplingError:
-        raise
-    except Exception:  # noqa: BLE001 - f may only run on its full batch (a reshape by batch size)
-        calls = behaviour(f, x, capture, coupling)
+    if not check:
+        calls = recorded_calls(f, x[:1], capture, coupling)
+    else:
+        try:
+            calls = behaviour(f, x[:CHECK_SAMPLES], capture, coupling)
+        except SampleCouplingError:
+            raise
+        except Exception:  # noqa: BLE001 - f may only run on its full batch (a reshape by batch size)
+            calls = behaviour(f, x, capture, coupling)
     # Functional calls are named only when no LayerNorm module explains them.
     findings = Findings(by_type or tuple(sorted(calls)))
     if store is not None:
@@ -124,6 +134,21 @@ def behaviour(f: Callable, x: Tensor, capture: Capture, coupling: str) -> set[st
     moved = [_moved(passes[0], passes[1], keep=0), _moved(passes[0], passes[2], keep=k - 1)]
     if any(m.any() for m in moved):
         _report(f, sub, passes, seen, coupling)
+    return calls.seen
+
+
+def recorded_calls(f: Callable, x: Tensor, capture: Capture, coupling: str) -> set[str]:
+    """The unsafe calls (jacobian_penalty.forward_mode) of one pass of f on x, without a graph; the
+    random state and buffers are put back, so the penalty's own pass sees what the caller left."""
+    sub = x.detach()
+    forward = Forward(f, sub, double_backward=False, forward_mode=False, coupling=coupling, replay=True,
+                      capture=capture)
+    with torch.no_grad(), UnsafeCalls() as calls, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the penalty's own pass gives any warning once
+        try:
+            forward(sub)
+        finally:
+            forward.restore_start()
     return calls.seen
 
 

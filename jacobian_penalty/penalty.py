@@ -142,7 +142,8 @@ def jacobian_penalty(
     f = uncompiled(f)
     check_target(f, target)
     capture = Capture(f, target)
-    findings = first_call(f, x, capture, target, coupling, check_independence)
+    findings = first_call(f, x, capture, target, coupling, check_independence,
+                          forward_mode=method in ("jvp", "exact", AUTO))
     if method == "jvp":
         if findings.forward_mode_unsafe:
             raise ForwardModeUnsafe(list(findings.forward_mode_unsafe))

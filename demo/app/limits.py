@@ -40,7 +40,7 @@ from demo.engine.config import MAX_STEPS, ConfigError, RunConfig
 __all__ = ["Limits", "check", "time_budget"]
 
 PREFIX = "JP_"
-MAY_BE_ZERO = frozenset({"memory_ceiling_mb"})  # where 0 means "off"
+MAY_BE_ZERO = frozenset({"memory_ceiling_mb", "proxy_hops"})  # where 0 means "off"
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,9 @@ class Limits:
     # How far the server's address space may grow (demo.budget.memory.set_ceiling); None: a share of
     # the memory available; 0 (JP_MEMORY_CEILING_MB=0): no ceiling.
     memory_ceiling_mb: float | None = None
+    # Trusted proxies in front of the server, whose X-Forwarded-For names the client (the queue's
+    # per-address share): 1 on a Hugging Face Space (SPACE_ID set), else 0 unless JP_PROXY_HOPS says.
+    proxy_hops: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:
@@ -83,6 +86,8 @@ class Limits:
             if not (number > 0 or (number == 0 and field.name in MAY_BE_ZERO)) or number == float("inf"):
                 raise ValueError(f"{name} must be a positive finite number, got {raw!r}.")
             values[field.name] = int(number) if field.type == "int" else number
+        if environ.get("SPACE_ID") and "proxy_hops" not in values:
+            values["proxy_hops"] = 1  # a Space's own proxy adds the visitor's address last
         limits = cls(**values)
         return dataclasses.replace(limits, max_steps=min(limits.max_steps, MAX_STEPS))
 

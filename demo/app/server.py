@@ -86,8 +86,9 @@ class Gate:
 
     def __init__(self, app: ASGIApp, monitoring: bool = False,
                  endpoints: Callable[[], dict[str | int, Signature]] | None = None,
-                 fairness: Any = None, log: Callable[[str], None] | None = None) -> None:
+                 fairness: Any = None, log: Callable[[str], None] | None = None, proxy_hops: int = 0) -> None:
         self.app = app
+        self.proxy_hops = proxy_hops  # trusted proxies in front of this server (client_address)
         self.monitoring = monitoring
         self.endpoints = endpoints or dict
         self.fairness = fairness  # demo.app.fairness.Fairness, or None: no per-session caps
@@ -186,7 +187,7 @@ class Gate:
             names = ", ".join(signature.names) or "no values"
             return 422, f"/{signature.api_name} expects {len(signature.names)} values ({names}), got {len(data)}."
         if self.fairness is not None:
-            refusal = self.fairness.refusal(session, signature.fn, client_address(scope))
+            refusal = self.fairness.refusal(session, signature.fn, client_address(scope, self.proxy_hops))
             if refusal:
                 return 429, refusal
         return 200, None
@@ -221,12 +222,17 @@ class OnceLog:
         self.write(f"refused a request: {line} (further ones of this kind are not logged)")
 
 
-def client_address(scope: Scope) -> str:
-    """Who sent a request: the first X-Forwarded-For hop behind a proxy (a Space), else the peer."""
+def client_address(scope: Scope, proxy_hops: int = 0) -> str:
+    """Who sent a request. Behind `proxy_hops` trusted proxies (a Space's: one), the address the
+    outermost of them put in X-Forwarded-For, counted from the end: hops further left are what the
+    client wrote itself, so anyone could name any address there. With no proxy, the peer."""
+    client = scope.get("client") or ("", 0)
+    if proxy_hops <= 0:
+        return str(client[0])
     for name, value in scope.get("headers") or []:
         if name == b"x-forwarded-for":
-            return value.decode("latin-1").split(",")[0].strip()
-    client = scope.get("client") or ("", 0)
+            hops = [hop.strip() for hop in value.decode("latin-1").split(",")]
+            return hops[-min(proxy_hops, len(hops))]
     return str(client[0])
 
 

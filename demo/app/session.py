@@ -40,6 +40,7 @@ __all__ = [
     "new_session",
     "reserve_run",
     "table",
+    "table_label",
     "with_run",
     "write_files",
 ]
@@ -47,6 +48,7 @@ __all__ = [
 Session = dict[str, Any]
 FOLDER_PREFIX = "jacobian-playground-"
 MAX_LIVE = 10_000  # browser sessions a LiveSessions remembers at most (the oldest go first)
+TABLE_LABEL = "This session's runs"
 LEGEND_FIELDS = ("dataset", "arch", "regularizer", "seed")  # named in a legend when they differ
 TABLE_COLUMNS = (
     "run", "status", "dataset", "arch", "regulariser", "λ", "method", "target", "steps", "seed",
@@ -78,20 +80,32 @@ def with_run(session: Session, run: dict[str, Any], max_runs: int) -> Session:
     run = {**run, "record": kept(run["record"])}
     runs = [r for r in session["runs"] if r["id"] != run["id"]] + [run]
     runs.sort(key=lambda r: r["id"])
-    return {**session, "runs": runs[-max_runs:]}
+    dropped = session.get("dropped", 0) + max(0, len(runs) - max_runs)
+    return {**session, "runs": runs[-max_runs:], **({"dropped": dropped} if dropped else {})}
+
+
+def table_label(session: Session | None) -> str:
+    """The Runs table's title, with a note when older runs were dropped to keep the session small."""
+    dropped, kept_runs = (session or {}).get("dropped", 0), len((session or {}).get("runs", []))
+    if not dropped:
+        return TABLE_LABEL
+    return (f"{TABLE_LABEL}: the latest {kept_runs} are kept, {dropped} older run(s) were dropped, "
+            "oldest first")
 
 
 def merged(*sessions_: Session | None) -> Session:
     """One session holding every run of the given copies (a run in several: the later copy's),
     the highest next id and the first folder: what two events of one browser session hold together."""
     runs: dict[int, dict[str, Any]] = {}
-    next_id, folder = 1, ""
+    next_id, folder, dropped = 1, "", 0
     for session in sessions_:
         if not session:
             continue
         runs.update({r["id"]: r for r in session["runs"]})
         next_id, folder = max(next_id, session["next_id"]), folder or session["folder"]
-    return {**new_session(), "runs": [runs[k] for k in sorted(runs)], "next_id": next_id, "folder": folder}
+        dropped = max(dropped, session.get("dropped", 0))
+    return {**new_session(), "runs": [runs[k] for k in sorted(runs)], "next_id": next_id, "folder": folder,
+            **({"dropped": dropped} if dropped else {})}
 
 
 @dataclass

@@ -210,7 +210,8 @@ def launch(demo: gr.Blocks, **options) -> tuple:
         "state_session_capacity": space.max_sessions,
         "enable_monitoring": monitoring,
         "app_kwargs": {"middleware": [Middleware(server.Gate, monitoring=monitoring,
-                                                 endpoints=partial(server.signatures, demo), fairness=fair)]},
+                                                 endpoints=partial(server.signatures, demo), fairness=fair,
+                                                 proxy_hops=space.proxy_hops)]},
         **options,
     }
     blocking = not options.pop("prevent_thread_lock", False)

@@ -14,7 +14,9 @@ were last on screen.
 The token is 32 random bytes drawn here (`secrets`), never chosen by the browser: a value the
 store did not hand out is ignored, so nobody can read another visitor's runs by guessing or by
 sending a token of their choice. Entries expire `ttl` seconds after their last save, and beyond
-`capacity` visitors the least recently saved goes first; either way its download folder is removed.
+`capacity` visitors the least recently saved one without runs goes first (one with runs only when
+all have some: a flood of new tokens cannot push out anyone's runs); either way its download
+folder is removed.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 
 import gradio as gr
 
+from demo.app import keeper
 from demo.app import session as sessions
 
 __all__ = ["PageHandlers", "Visitors"]
@@ -52,7 +55,7 @@ class Visitors:
         token = secrets.token_urlsafe(TOKEN_BYTES)
         with self._lock:
             self._known[token] = {"session": None, "controls": {}, "saved": time.monotonic()}
-        self._expire()
+        self._expire(keep=token)
         return token
 
     def restore(self, stored: Any) -> tuple[str, dict | None, dict[str, Any]]:
@@ -95,16 +98,23 @@ class Visitors:
             entry.update(changes, saved=time.monotonic())
             self._known.move_to_end(token)
 
-    def _expire(self) -> None:
+    def _expire(self, keep: str | None = None) -> None:
         now, dropped = time.monotonic(), []
         with self._lock:
             for token in list(self._known):
                 if now - self._known[token]["saved"] > self.ttl:
                     dropped.append(self._known.pop(token))
             while len(self._known) > self.capacity:
-                dropped.append(self._known.popitem(last=False)[1])
+                dropped.append(self._known.pop(self._victim(keep)))
         for entry in dropped:
             self.on_drop(entry["session"])
+
+    def _victim(self, keep: str | None) -> str:
+        """The least recently saved visitor without runs (who loses nothing), else the least recently
+        saved one; never `keep`, the token just handed out. A new token costs one page load, so a
+        flood of them must not push out anyone's runs."""
+        others = [token for token in self._known if token != keep]  # least recently saved first
+        return next((t for t in others if not keeper.holds_runs(self._known[t]["session"])), others[0])
 
     def __len__(self) -> int:
         return len(self._known)

@@ -282,6 +282,20 @@ def test_limits_come_from_the_environment_and_bound_each_run():
         config_from({"steps": 501}, space)
 
 
+def test_runs_past_the_limit_are_dropped_oldest_first_and_the_table_says_so():
+    session = sessions.new_session()
+    for _ in range(5):
+        session, run_id = sessions.reserve_run(session)
+        session = sessions.with_run(session, {"id": run_id, "record": new_record(RunConfig()), "weights": {}},
+                                    max_runs=3)
+    assert [r["id"] for r in session["runs"]] == [3, 4, 5]
+    assert sessions.table_label(session) == (f"{sessions.TABLE_LABEL}: the latest 3 are kept, 2 older run(s) "
+                                             "were dropped, oldest first")
+    assert sessions.merged(session, sessions.new_session())["dropped"] == 2  # a merge keeps the count
+    assert sessions.table_label(sessions.new_session()) == sessions.TABLE_LABEL
+    sessions.delete_files(session)
+
+
 def test_session_files_live_in_a_temp_folder_the_app_made_and_go_with_the_session(tmp_path):
 
     session, run_id = sessions.reserve_run(sessions.new_session())

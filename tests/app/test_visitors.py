@@ -48,6 +48,36 @@ def test_entries_expire_after_their_time_to_live_and_beyond_capacity_oldest_firs
     assert visitors.restore({"visitor": tokens[2]})[0] == tokens[2]
 
 
+def test_a_flood_of_new_visitors_never_pushes_out_one_who_holds_runs():
+    visitors, dropped = store(capacity=3)
+    victim = visitors.restore(None)[0]
+    visitors.save_session({"visitor": victim}, {"runs": [{"id": 1}], "folder": "v"})
+    flood = [visitors.restore(None)[0] for _ in range(50)]  # each a page load with no token
+    assert visitors.restore({"visitor": victim})[0] == victim  # still known, runs and all
+    assert len(visitors) == 3 and flood[-1] in visitors._known
+    assert {"runs": [{"id": 1}], "folder": "v"} not in dropped
+    # When every visitor holds runs, the least recently saved one goes, with its folder.
+    for token in list(visitors._known):
+        if token != victim:
+            visitors.save_session({"visitor": token}, {"runs": [{"id": 2}], "folder": token})
+    visitors.restore(None)
+    assert {"runs": [{"id": 1}], "folder": "v"} in dropped
+
+
+def test_the_client_address_is_the_peer_unless_trusted_proxies_name_it():
+    from demo.app.server import client_address
+
+    scope = {"client": ("10.0.0.5", 4000), "headers": [(b"x-forwarded-for", b"6.6.6.6, 1.2.3.4")]}
+    assert client_address(scope) == "10.0.0.5"  # no proxy: what the client wrote is ignored
+    assert client_address(scope, proxy_hops=1) == "1.2.3.4"  # the hop our proxy added, not the forged one
+    assert client_address({"client": ("10.0.0.5", 4000), "headers": []}, proxy_hops=1) == "10.0.0.5"
+    from demo.app.limits import Limits
+
+    assert Limits.from_env({"SPACE_ID": "someone/space"}).proxy_hops == 1
+    assert Limits.from_env({}).proxy_hops == 0
+    assert Limits.from_env({"SPACE_ID": "someone/space", "JP_PROXY_HOPS": "0"}).proxy_hops == 0
+
+
 def test_the_page_load_restores_the_controls_as_they_were_and_a_new_visit_reads_the_link():
     visitors, _ = store()
     link_values = ["from-link"] * 2

@@ -272,6 +272,13 @@ def zoo(small: bool = True) -> dict[str, Callable[[], Case]]:
             "functional layer_norm",
             nn.Sequential(nn.Linear(5, w), _Lambda(lambda h: nn.functional.layer_norm(h, h.shape[-1:])),
                           nn.Linear(w, 4)), _x(b, 5)),
+        "conv + instancenorm": lambda: Case(
+            "conv + instancenorm", nn.Sequential(nn.Conv2d(1, 4, 3), nn.InstanceNorm2d(4, affine=True), nn.SiLU(),
+                                                 nn.Flatten(), nn.Linear(4 * 9, 4)), _x(b, 1, 5, 5)),
+        "instancenorm, few inputs": lambda: Case(
+            "instancenorm, few inputs",
+            nn.Sequential(nn.Linear(2, 2 * w), nn.Unflatten(1, (2, w)), nn.InstanceNorm1d(2), nn.Flatten(),
+                          nn.Linear(2 * w, 7)), _x(b, 2)),
         "conv + groupnorm": lambda: Case(
             "conv + groupnorm", nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.SiLU(), nn.Flatten(),
                                               nn.Linear(4 * 9, 4)), _x(b, 1, 5, 5)),
@@ -330,8 +337,9 @@ def _bn_eval(model: nn.Module) -> nn.Module:
     return model
 
 
-# Where a method refuses, and why: forward mode through layer norm gives wrong gradients.
+# Where a method refuses, and why: forward mode through layer or instance norm gives wrong gradients.
 EXPECTED_REFUSALS = frozenset({
     ("layernorm", "jvp"), ("layernorm, few inputs", "jvp"), ("functional layer_norm", "jvp"),
-    ("transformer layer (layernorm inside)", "jvp"),
+    ("transformer layer (layernorm inside)", "jvp"), ("conv + instancenorm", "jvp"),
+    ("instancenorm, few inputs", "jvp"),
 })

@@ -153,6 +153,13 @@ def test_pytorch_still_differentiates_layer_norm_forward_mode_wrongly():
                             nn.Linear(8, 5)).to(DOUBLE)
     through_jvp, fd = _directional_derivatives(control, x, u)
     assert abs(through_jvp - fd) < 1e-6 * max(1.0, abs(fd))
+    # Instance norm, guarded for the same reason, is still broken too.
+    torch.manual_seed(0)
+    x, u = torch.randn(3, 6, dtype=DOUBLE), torch.randn(3, 6, dtype=DOUBLE)
+    instance = nn.Sequential(nn.Linear(6, 8), nn.Unflatten(1, (2, 4)), nn.InstanceNorm1d(2), nn.Flatten(),
+                             nn.Linear(8, 5)).to(DOUBLE)
+    through_jvp, fd = _directional_derivatives(instance, x, u)
+    assert abs(through_jvp - fd) > 0.1 * abs(fd)
 
 
 def test_jvp_refuses_layer_norm_naming_it_and_exact_goes_by_rows():
@@ -163,6 +170,26 @@ def test_jvp_refuses_layer_norm_naming_it_and_exact_goes_by_rows():
         jacobian_penalty(model, x, method="jvp")
     _, _, info = jacobian_penalty(model, x, method="exact", explain=True)
     assert info.mode == "rows" and "unsafe" in info.reason  # D = 2 < C = 10, yet rows
+
+
+@pytest.mark.parametrize(("batch", "check"), [(3, False), (1, True), (1, False)])
+def test_a_functional_layer_norm_meets_no_forward_mode_even_without_the_behaviour_check(batch, check):
+    """The behaviour check (off, or skipped for one sample) is not what keeps forward mode away from
+    F.layer_norm: a recorded pass of f is."""
+    torch.manual_seed(0)
+    first, last = nn.Linear(2, 8).to(DOUBLE), nn.Linear(8, 10).to(DOUBLE)
+
+    def f(z):
+        return last(F.layer_norm(first(z), (8,)))
+
+    x = torch.randn(batch, 2, dtype=DOUBLE)
+    with pytest.raises(ValueError, match=r"torch\.nn\.functional\.layer_norm.*'projection'"):
+        jacobian_penalty(f, x, method="jvp", check_independence=check)
+    _, _, info = jacobian_penalty(f, x, method="exact", explain=True, check_independence=check)
+    assert info.mode == "rows"  # D = 2 < C = 10, yet rows
+    _, _, info = jacobian_penalty(lambda z: last(torch.tanh(first(z))), x, method="exact", explain=True,
+                                  check_independence=check)
+    assert info.mode == "columns"  # the control: no layer norm, so columns
 
 
 # --- autocast, compile -------------------------------------------------------------------------

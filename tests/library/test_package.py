@@ -68,7 +68,7 @@ def test_the_readme_snippet_runs_from_outside_the_repository(wheel, tmp_path):
         check=True, capture_output=True, timeout=300,
     )
     script = tmp_path / "snippet.py"
-    script.write_text(PRELUDE + readme_snippet() + "\nprint('penalty', float(penalty))\n"
+    script.write_text(PRELUDE + readme_snippet() + "\nprint('term', float(term))\n"
                       "import jacobian_penalty\nprint(jacobian_penalty.__file__)\n")
     work = tmp_path / "elsewhere"
     work.mkdir()
@@ -78,4 +78,4 @@ def test_the_readme_snippet_runs_from_outside_the_repository(wheel, tmp_path):
         cwd=work, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert str(target) in result.stdout and "penalty" in result.stdout
+    assert str(target) in result.stdout and "term" in result.stdout

@@ -61,7 +61,7 @@ def download(session: dict | None, run: str):
 def choices_update(view: RunsView, session: dict | None) -> dict:
     runs = sessions.choices(session)
     return {
-        view.table: sessions.table(session),
+        view.table: gr.update(value=sessions.table(session), label=sessions.table_label(session)),
         view.compare: gr.update(choices=runs),
         view.run: gr.update(choices=[("newest run", ""), *runs]),
         # Files prepared for an earlier "newest run" would now be another run's: cleared.
@@ -76,7 +76,7 @@ def choices_update(view: RunsView, session: dict | None) -> dict:
 
 def layout() -> RunsView:
     with gr.Tab("Runs") as tab:
-        table = gr.Dataframe(sessions.table(None), label="This session's runs", interactive=False, wrap=True,
+        table = gr.Dataframe(sessions.table(None), label=sessions.TABLE_LABEL, interactive=False, wrap=True,
                              elem_id="jp-runs")
         refresh = gr.Button("Refresh", size="sm", scale=0)
         compare = gr.Dropdown([], value=[], multiselect=True, allow_custom_value=True,
