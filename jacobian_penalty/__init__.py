@@ -23,7 +23,7 @@ Estimators (F = one forward pass, B = one backward pass, about 2F):
 - "jvp": forward mode: ||J||_F^2 = E_u ||J u||^2 for E[u u^T] = I (Hutchinson; sqrt(D) times an
   orthonormal frame by default, Gaussian with probes="iid"). One forward pass with dual numbers
   (about 3F) per probe, independent of C. Needs forward-mode rules for every op of f, and is
-  refused through layer norm (PyTorch's forward-mode derivative of it differentiates wrongly).
+  refused through layer or instance norm (PyTorch's forward-mode derivative of it differentiates wrongly).
 - "fd": finite differences along random unit input directions d: J d ~ (f(x + h d) - f(x)) / h,
   and ||J||_F^2 = D E_d ||J d||^2. One extra forward pass and no double backward, so it also works
   with ops that have no second derivative. Biased by O(h).

@@ -62,8 +62,8 @@ class ForwardModeUnsafe(ValueError):
         self.layers = layers
         super().__init__(
             f"The 'jvp' method would give wrong gradients here: this model has {', '.join(layers[:3])}"
-            f"{' ...' if len(layers) > 3 else ''}, and in this PyTorch backpropagating through layer (or instance) "
-            "norm's "
+            f"{' ...' if len(layers) > 3 else ''}, and in this PyTorch backpropagating through layer norm's (or "
+            "instance norm's) "
             "forward-mode derivative gives wrong parameter gradients (the penalty's value stays right, its "
             "gradient does not: -71% measured on a CNN with LayerNorm). Use method='projection' (unbiased), 'exact' "
             "(goes by rows here) or 'fd', which differentiate these layers in reverse mode only."

@@ -52,7 +52,7 @@ METHODS = MappingProxyType(
             needs_double_backward=True,
         ),
         "jvp": MethodInfo(
-            "||J||_F^2, unbiased (forward-mode, random input probes; refused through layer norm)",
+            "||J||_F^2, unbiased (forward-mode, random input probes; refused through layer or instance norm)",
             "one dual-number forward per probe, then backward through it",
             grows_with_outputs=False,
             needs_double_backward=False,

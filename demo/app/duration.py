@@ -82,6 +82,16 @@ def refuse_if_too_long(cfg: RunConfig, pace: Pace, what: str = "This run") -> No
             "machine (python -m demo train).")
 
 
+def refuse_if_sweep_too_long(runs: int, low_s: float, limit_s: float) -> None:
+    """ConfigError when a sweep's runs together cannot finish within the app's limit for one
+    request (JP_MAX_SECONDS) even at the fast end of their measured ranges."""
+    if limit_s > 0 and low_s > limit_s:
+        raise ConfigError(
+            f"These {runs} runs would take about {_duration(low_s)} here together, and this app gives one sweep "
+            f"at most {_duration(limit_s)}. Choose fewer strengths or regularisers, or fewer steps; or run the "
+            "sweep on your own machine (python -m demo sweep).")
+
+
 def seconds_text(seconds: float) -> str:
     """A duration as the page writes it: 4.6 s, 38 s, 3 min."""
     return _duration(seconds)

@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,10 @@ class LiveSessions:
 
     ttl: float
     max_runs: int
+    # Called with (browser session, session) after every run added or updated, outside the lock:
+    # the visitor store (demo.app.visitors) keeps each finished run at once, not when the event
+    # ends, so a reload in the middle of a sweep keeps the runs it finished.
+    on_update: Callable[[str, Session], None] | None = None
     _latest: OrderedDict = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -136,6 +141,8 @@ class LiveSessions:
         with self._lock:
             session = with_run(merged(session, self._get(visitor)), run, self.max_runs)
             self._put(visitor, session)
+        if self.on_update is not None and visitor:
+            self.on_update(visitor, session)
         return session
 
     def _get(self, visitor: str) -> Session | None:

@@ -132,7 +132,11 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
         stops = StopRequests()  # one per app: Train's and Sweep's Stop
         paces = pace.Paces()  # one per app: the estimate under Steps and Train's refusal read the same
         # One per app: the latest runs of each browser session, merged across its concurrent events.
-        live = sessions.LiveSessions(ttl=space.session_ttl, max_runs=space.max_runs)
+        # One per app: who each visitor is across reloads (demo.app.visitors); live sessions save
+        # every finished run there at once.
+        known = visitors.Visitors(ttl=space.session_ttl, capacity=space.max_sessions)
+        live = sessions.LiveSessions(ttl=space.session_ttl, max_runs=space.max_runs,
+                                     on_update=known.save_page_session)
         train_event = training_view.wire(training, controls, session, space, estimator, stops, paces, live)
         jacobian_view.wire(jacobian, session)
         thorough_event = robustness_view.wire(robustness, session, space, live)
@@ -145,9 +149,8 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
 
         # On load: a returning visitor's runs and controls (demo.app.visitors), else the URL's settings;
         # "Copy link" writes them; presets set controls and open a tab.
-        page_handlers = visitors.PageHandlers(
-            visitors.Visitors(ttl=space.session_ttl, capacity=space.max_sessions), controls_view.CONFIG_FIELDS,
-            sharing.from_url, sharing.settings_of)
+        page_handlers = visitors.PageHandlers(known, controls_view.CONFIG_FIELDS, sharing.from_url,
+                                              sharing.settings_of)
         loaded = demo.load(page_handlers.load, [browser, session], [browser, session, *controls.inputs(), welcome],
                            api_visibility="private", show_progress="hidden")
         gr.on([c.change for c in controls.inputs()], page_handlers.save_controls, [browser, *controls.inputs()],

@@ -38,6 +38,7 @@ from demo.app import session as sessions
 __all__ = ["PageHandlers", "Visitors"]
 
 TOKEN_BYTES = 32
+PAGES_PER_VISITOR = 4  # page loads remembered per visitor slot (reloads, tabs), the oldest forgotten
 MAX_TOKEN_CHARS = 64  # a token urlsafe-encodes 32 bytes in 43 characters
 
 
@@ -49,7 +50,27 @@ class Visitors:
     capacity: int
     on_drop: Callable[[dict | None], None] = sessions.delete_files
     _known: OrderedDict = field(default_factory=OrderedDict)
+    _pages: OrderedDict = field(default_factory=OrderedDict)  # browser session (gradio's hash) -> token
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def bind(self, page: str, stored: Any) -> None:
+        """Page `page` (gradio's session hash of one page load) belongs to this token's visitor."""
+        token = _token_of(stored)
+        if not page or token is None:
+            return
+        with self._lock:
+            self._pages[page] = token
+            self._pages.move_to_end(page)
+            while len(self._pages) > PAGES_PER_VISITOR * max(self.capacity, 1):
+                self._pages.popitem(last=False)
+
+    def save_page_session(self, page: str, session: dict | None) -> None:
+        """The session of page `page`, saved under its visitor's token as each run finishes (a reload
+        in the middle of a sweep keeps what it finished); nothing for a page no token claimed."""
+        with self._lock:
+            token = self._pages.get(page)
+        if token is not None:
+            self._update({"visitor": token}, session=session)
 
     def new_token(self) -> str:
         token = secrets.token_urlsafe(TOKEN_BYTES)
@@ -139,6 +160,7 @@ class PageHandlers:
         controls as they were on screen (unless they opened someone else's link); a new one the
         link's settings and a new token."""
         token, kept_session, controls = self.visitors.restore(stored)
+        self.visitors.bind(str(getattr(request, "session_hash", "") or ""), {"visitor": token})
         query = {k: v for k, v in dict(getattr(request, "query_params", None) or {}).items() if k in self.fields}
         shared_link = bool(query) and query != controls.get("_link")
         if shared_link or not any(name in controls for name in self.fields):

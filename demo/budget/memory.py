@@ -94,6 +94,10 @@ class Estimate:
     what: str  # which part dominates, in words
 
 
+CGROUP = Path("/sys/fs/cgroup")  # where a container's memory limit is read (container_room_mb)
+NO_LIMIT_BYTES = 2**60  # cgroup v1's "no limit" is 2^63 less a page
+
+
 def budget_mb(device: torch.device, configured_mb: float | None = None) -> float:
     """`configured_mb` (the app's JP_MAX_MEMORY_MB, read by demo.app.limits), else DEFAULT_FRACTION of
     the available memory (of the GPU for CUDA)."""
@@ -105,10 +109,32 @@ def budget_mb(device: torch.device, configured_mb: float | None = None) -> float
     return DEFAULT_FRACTION * available_mb()
 
 
-def available_mb() -> float:
-    """MemAvailable from /proc/meminfo (what can be allocated without swapping), else all pages."""
+def available_mb(cgroup: Path = CGROUP) -> float:
+    """What can be allocated without swapping: MemAvailable from /proc/meminfo (else all pages),
+    and no more than the room left under this process's container limit. In a container the
+    machine's free memory says nothing of the limit, and past the limit the kernel ends the
+    process: the budget and the ceiling must stay under it."""
     available = _proc_mb("/proc/meminfo", "MemAvailable")
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / MB if available is None else available
+    machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / MB if available is None else available
+    room = container_room_mb(cgroup)
+    return machine if room is None else min(machine, room)
+
+
+def container_room_mb(cgroup: Path = CGROUP) -> float | None:
+    """The memory limit of this process's cgroup less what the cgroup uses (v2: memory.max and
+    memory.current; v1: memory/memory.limit_in_bytes and usage_in_bytes); None without a limit."""
+    for limit_file, usage_file in (("memory.max", "memory.current"),
+                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        try:
+            limit = (cgroup / limit_file).read_text().strip()
+            usage = int((cgroup / usage_file).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        # v2 writes "max" for none; v1 a number near 2^63 rounded to pages.
+        if limit == "max" or not limit.isdigit() or int(limit) >= NO_LIMIT_BYTES:
+            return None
+        return max(int(limit) - usage, 0) / MB
+    return None
 
 
 def _proc_mb(path: str, key: str) -> float | None:

@@ -202,7 +202,7 @@ def test_the_suggested_steps_fill_the_target_time():
 def test_the_estimate_counts_the_evaluations_the_engine_runs():
     cfg = controls_view.config_from({"dataset": "moons", "steps": 300, "robustness": False}, Limits())
     events = list(train(cfg))
-    assert sum(isinstance(e, Evaluation) for e in events) == duration.evaluations(cfg)
+    assert sum(isinstance(e, Evaluation) for e in events) == cfg.evaluations()
 
 
 def test_the_probe_times_a_few_steps_of_the_chosen_run():
@@ -269,7 +269,7 @@ def test_a_probe_cut_by_its_cap_extrapolates_and_says_so():
 def test_the_estimate_is_a_range_from_the_spread_of_the_timed_steps():
     cfg = controls_view.config_from({"steps": 1000, "robustness": False}, Limits())
     measured = pace.Pace(step_s=0.01, evaluation_s=0.0, robustness_s=0.0, step_low_s=0.008, step_high_s=0.02)
-    low, high = measured.seconds_range(1000, duration.evaluations(cfg))
+    low, high = measured.seconds_range(1000, cfg.evaluations())
     assert (low, high) == pytest.approx((8.0, 20.0))
     assert "about 8.0 s to 20 s" in duration.describe(cfg, measured)
 
@@ -285,7 +285,7 @@ def test_a_run_that_cannot_finish_within_the_limit_is_refused_before_it_starts()
     assert "stops a run after 1.0 s" in text and f"About {expected} steps fit" in text
     # The fitting count does fit: it is the run the message offers.
     fits = cfg.replace(steps=expected)
-    assert measured.seconds_range(fits.steps, duration.evaluations(fits))[0] <= 1.0
+    assert measured.seconds_range(fits.steps, fits.evaluations())[0] <= 1.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,3 +342,50 @@ def test_stop_during_the_attacks_ends_the_work_before_the_event_ends():
     assert last and last[-1][0]["runs"][-1]["record"]["status"] == STOPPED
     assert last[-1][0]["runs"][-1]["record"]["robustness"] == {}  # stopped before the attacks ended
     assert [t for t in threading.enumerate() if t.name == "jp-stream" and t.is_alive()] == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The Sweep handler: the same Stop, the same last-update guarantee, and the app's limit as a whole
+
+
+def sweep_handler(**limits):
+    from demo.app.views.sweep import Handlers as SweepHandlers
+
+    space = Limits(**{"max_seconds": 3600.0, **limits})
+    return SweepHandlers(space, Estimator(), StopRequests(), pace.Paces(), LiveSessions(space.session_ttl,
+                                                                                         space.max_runs))
+
+
+def test_stop_in_a_sweep_keeps_the_stopped_run_in_the_table_with_a_true_status():
+    sweeps = sweep_handler()
+    updates = sweeps.sweep(None, train_values(steps=2000), "0, 0.01", ["jacobian"], 0.1, request=None)
+    for _session, status, _figure, _table in updates:
+        if isinstance(status, str) and "Run 2 of 2" in status and "step" in status and "step 0 " not in status:
+            break  # the second run is under way
+    sweeps.stops.request("")
+    *_, (session, status, _figure, table) = list(updates)
+    records = [run["record"] for run in session["runs"]]
+    assert [r["status"] for r in records] == ["completed", STOPPED]
+    step = records[-1]["final"]["steps"]
+    assert f"Stopped during run 2 of 2" in status and f"at step {step} of 2000" in status
+    assert "<progress" not in status  # the bar of a running sweep is gone
+    assert len(table) == 2  # the stopped run is in the sweep's table too
+
+
+def test_a_sweep_too_long_for_the_limit_is_refused_before_it_starts_and_one_that_overruns_is_cut():
+    sweeps = sweep_handler(max_seconds=2.0)
+    second = pace.Pace(step_s=1e-3, evaluation_s=0.0, robustness_s=0.0, measured_at=time.monotonic())
+    sweeps.paces.get = lambda cfg: second  # each run 1 s: alone it fits, three together do not
+    with pytest.raises(gr.Error, match=r"These 3 runs would take about 3\.0 s here together.* at most 2\.0 s"):
+        next(sweeps.sweep(None, train_values(steps=1000), "0, 0.01, 0.1", ["jacobian"], 0.1, request=None))
+    # Estimated to fit (the pace says so), but the runs take longer: each gets what is left, and
+    # the sweep ends with a status that says why, keeping what finished.
+    sweeps = sweep_handler(max_seconds=3.0)
+    quick = pace.Pace(step_s=1e-6, evaluation_s=0.0, robustness_s=0.0, measured_at=time.monotonic())
+    sweeps.paces.get = lambda cfg: quick
+    updates = list(sweeps.sweep(None, train_values(steps=20_000), "0, 0.01, 0.1, 1", ["jacobian"], 0.1,
+                                request=None))
+    status = updates[-1][1]
+    runs = [u[0] for u in updates if isinstance(u[0], dict) and "runs" in u[0]][-1]["runs"]
+    assert "at most 3.0 s" in status and f"it ended after run {len(runs)} of 4" in status, status
+    assert 1 <= len(runs) < 4 and all(r["record"]["config"]["time_budget"] <= 3.0 for r in runs)

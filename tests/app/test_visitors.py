@@ -143,3 +143,25 @@ def test_live_sessions_merge_what_two_events_of_one_session_add():
     assert [r["record"]["config"]["seed"] for r in b["runs"]] == [1, 2]
     other, three = live.reserve("another tab", state)  # another browser session starts afresh
     assert three == 1 and other["runs"] == []
+
+
+def test_each_finished_run_is_kept_for_a_reload_at_once_not_when_the_event_ends():
+    """A reload in the middle of a sweep: the runs it finished are already in the visitor's store."""
+    from demo.app.session import LiveSessions, new_session
+    from demo.engine.config import RunConfig
+    from demo.engine.record import new_record
+
+    visitors, _ = store()
+    page = PageHandlers(visitors, ("dataset", "seed"), lambda request: ["link"] * 2)
+
+    class Page(Request):
+        session_hash = "page-1"
+
+    browser, *_ = page.load(None, None, Page())
+    live = LiveSessions(ttl=60.0, max_runs=20, on_update=visitors.save_page_session)
+    state, run_id = live.reserve("page-1", new_session())
+    live.with_run("page-1", state, {"id": run_id, "record": new_record(RunConfig()), "weights": {}})
+    _, kept, _ = visitors.restore(browser)
+    assert [r["id"] for r in kept["runs"]] == [run_id]  # before any .then() saved the session
+    live.with_run("stranger", state, {"id": 9, "record": new_record(RunConfig()), "weights": {}})
+    assert [r["id"] for r in visitors.restore(browser)[1]["runs"]] == [run_id]  # another page's run is not theirs

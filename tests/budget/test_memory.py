@@ -78,6 +78,27 @@ def test_the_budget_comes_from_the_apps_limits_or_the_available_memory():
             Limits.from_env({"JP_MAX_MEMORY_MB": bad})
 
 
+def test_a_container_limit_bounds_the_available_memory(tmp_path):
+    """In a container the machine's MemAvailable overstates what the process may take: the room
+    under the cgroup's limit bounds the budget and the ceiling (cgroup v2 and v1 files)."""
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "memory.max").write_text(f"{3 * 2**30}\n")
+    (v2 / "memory.current").write_text(f"{2**30}\n")
+    assert memory.container_room_mb(v2) == 2048
+    assert memory.available_mb(v2) == min(2048, memory.available_mb(tmp_path / "none"))
+    (v2 / "memory.max").write_text("max\n")
+    assert memory.container_room_mb(v2) is None
+    v1 = tmp_path / "v1" / "memory"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text(f"{2**63 - 4096}\n")  # v1's "no limit"
+    (v1 / "memory.usage_in_bytes").write_text("1000\n")
+    assert memory.container_room_mb(v1.parent) is None
+    (v1 / "memory.limit_in_bytes").write_text(f"{2**29}\n")
+    assert memory.container_room_mb(v1.parent) == pytest.approx(512 - 1000 / 2**20)
+    assert memory.container_room_mb(tmp_path / "none") is None
+
+
 def test_a_run_over_the_budget_is_refused_with_what_to_lower():
     estimator = memory.Estimator(1500.0)
     big = RunConfig(dataset="synthetic", arch="vit", method="exact", batch_size=512)

@@ -13,6 +13,7 @@ import html
 import inspect
 import math
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,12 +92,24 @@ class Handlers:
         accuracy -> one run per distinct (regulariser, strength), streamed as (session, status, figure, table)."""
         configs, epsilon = self._configs(values, strengths, regularizers, epsilon)
         # How long the whole sweep will take, from the same measurements: first, and on every line.
-        total = duration.seconds_text(self._total_seconds(configs))
+        low, high = self._total_seconds(configs)
+        with inputs.plain_errors():
+            duration.refuse_if_sweep_too_long(len(configs), low, self.space.max_seconds)
+        total = duration.seconds_text(high)
         yield (gr.skip(), f'<div class="jp-sweep-status">{len(configs)} runs, about {total} in total here: '
                "starting the first…</div>", gr.skip(), gr.skip())
         records: list[dict] = []
+        # The app's limit covers the sweep as a whole: each run gets what the ones before it left.
+        ends = time.monotonic() + self.space.max_seconds
         with self.stops.running(visitor(request)) as stop, inputs.plain_errors():
             for index, cfg in enumerate(configs, start=1):
+                left = ends - time.monotonic()
+                if left < 1:
+                    yield (gr.skip(), _status(index - 1, len(configs), records[-1], done=True, records=records,
+                                              epsilon=epsilon, cut=self.space.max_seconds)
+                           if records else gr.skip(), gr.skip(), gr.skip())
+                    return
+                cfg = cfg.replace(time_budget=min(cfg.time_budget or left, left))
                 session, run_id = self.live.reserve(visitor(request), session)
                 for tick in follow(cfg, run_id, stop):
                     if tick.kind == SKIP:
@@ -131,14 +144,20 @@ class Handlers:
                 duration.refuse_if_too_long(cfg, self.paces.get(cfg), f"The {_what(cfg.to_dict())} run")
         return configs, epsilon
 
-    def _total_seconds(self, configs) -> float:
-        return sum(self.paces.get(cfg).seconds(cfg.steps, cfg.evaluations()) for cfg in configs)
+    def _total_seconds(self, configs) -> tuple[float, float]:
+        """(low, high) seconds of the whole sweep, from each run's measured range."""
+        ranges = [self.paces.get(cfg).seconds_range(cfg.steps, cfg.evaluations()) for cfg in configs]
+        return sum(low for low, _ in ranges), sum(high for _, high in ranges)
 
 
 def _status(index: int, total: int, record: dict, done: bool = False, records: list[dict] | None = None,
-            epsilon: float = DEFAULT_EPSILON, total_time: str = "") -> str:
+            epsilon: float = DEFAULT_EPSILON, total_time: str = "", cut: float = 0.0) -> str:
     cfg, final = record["config"], record.get("final", {})
     what = _what(cfg)
+    if cut:
+        return (f'<div class="jp-sweep-status">This app gives one sweep at most {duration.seconds_text(cut)}: it ended '
+                f"after run {index} of {total}, and the {index} finished run(s) are kept (see the table and "
+                "Runs).</div>")
     if done:
         if record["status"] == STOPPED:
             return (f'<div class="jp-sweep-status">Stopped during run {index} of {total} ({what}) at step '
