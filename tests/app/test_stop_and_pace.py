@@ -367,7 +367,7 @@ def test_stop_in_a_sweep_keeps_the_stopped_run_in_the_table_with_a_true_status()
     records = [run["record"] for run in session["runs"]]
     assert [r["status"] for r in records] == ["completed", STOPPED]
     step = records[-1]["final"]["steps"]
-    assert f"Stopped during run 2 of 2" in status and f"at step {step} of 2000" in status
+    assert "Stopped during run 2 of 2" in status and f"at step {step} of 2000" in status
     assert "<progress" not in status  # the bar of a running sweep is gone
     assert len(table) == 2  # the stopped run is in the sweep's table too
 
