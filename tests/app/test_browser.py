@@ -29,6 +29,8 @@ import pytest
 from apphelpers import url_from_log
 from PIL import Image
 
+from demo.app.page import NARROW_PX
+
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -189,10 +191,13 @@ def settled(page, prefix: str) -> None:
 
 def open_tab(page, name: str):
     tab = page.get_by_role("tab", name=name, exact=True)
-    if tab.count() and tab.is_visible():
+    more = page.get_by_role("button", name="More tabs")
+    # Gradio lays the tab bar out after the page loads (it measures which tabs fit): wait for it.
+    expect(tab.or_(more).filter(visible=True).first).to_be_visible(timeout=VIEW_MS)
+    if tab.is_visible():
         tab.click()
     else:  # a narrow page keeps some tabs behind "More tabs"
-        page.get_by_role("button", name="More tabs").click()
+        more.click()
         page.locator(".overflow-dropdown button", has_text=name).click()
     panel = page.get_by_role("tabpanel").filter(visible=True)
     expect(panel).to_have_count(1)
@@ -670,9 +675,25 @@ def test_settings_say_how_long_a_run_takes_and_refusals_leave_the_page_as_it_was
         context.close()
 
 
-def test_a_reload_keeps_the_runs_and_the_controls_as_they_were_on_screen(browser, server, problems):
-    context, page = new_page(browser, server, problems, VIEWPORT)
+def show_settings(page) -> None:
+    """On a phone the Settings start folded (the page script folds them, so the tabs come first):
+    once folded, one tap opens them. On a wide page they are open already."""
+    if page.viewport_size["width"] > NARROW_PX:
+        return
+    settings = page.locator("#jp-settings > button.label-wrap")
+    expect(settings).not_to_have_class(re.compile(r"\bopen\b"), timeout=VIEW_MS)
+    settings.click()
+    expect(control(page, "Steps")).to_be_visible(timeout=VIEW_MS)
+
+
+WIDTHS = pytest.mark.parametrize("viewport", [VIEWPORT, PHONE], ids=["1400px", "420px"])
+
+
+@WIDTHS
+def test_a_reload_keeps_the_runs_and_the_controls_as_they_were_on_screen(browser, server, problems, viewport):
+    context, page = new_page(browser, server, problems, viewport)
     try:
+        show_settings(page)
         control(page, "Steps").fill("10")
         control(page, "Measure robustness at the end (noise, FGSM, PGD)").uncheck()
         train_button(page).click()
@@ -684,6 +705,7 @@ def test_a_reload_keeps_the_runs_and_the_controls_as_they_were_on_screen(browser
         page.reload()
         expect(train_button(page)).to_be_visible(timeout=VIEW_MS)
         expect(page.get_by_text("Welcome back: your 1 run(s) are as you left them.")).to_be_visible(timeout=VIEW_MS)
+        show_settings(page)
         expect(control(page, "Seed")).to_have_value("42", timeout=VIEW_MS)
         expect(control(page, "Steps")).to_have_value("10")
         open_tab(page, "Runs")
@@ -691,7 +713,7 @@ def test_a_reload_keeps_the_runs_and_the_controls_as_they_were_on_screen(browser
         rows = page.get_by_role("grid", name="This session's runs").get_by_role("row")
         expect(rows).to_have_count(2, timeout=VIEW_MS)  # the header and run #1
         # Another browser (its own storage) sees none of them.
-        other, stranger = new_page(browser, server, problems, VIEWPORT)
+        other, stranger = new_page(browser, server, problems, viewport)
         try:
             open_tab(stranger, "Runs")
             stranger.get_by_role("button", name="Refresh", exact=True).click()
@@ -703,15 +725,17 @@ def test_a_reload_keeps_the_runs_and_the_controls_as_they_were_on_screen(browser
         context.close()
 
 
-def test_numbers_that_cannot_mislead(browser, server, problems):
+@WIDTHS
+def test_numbers_that_cannot_mislead(browser, server, problems, viewport):
     """A run too long for the app's limit is refused before it starts; a features-target run names
     its Jacobian; a sweep over two regularisers trains the baseline once."""
     # Exact at 300 classes for 20000 steps cannot finish within the limit: refused, with what fits.
     # (Set by a link, opened as the page's first address: a count typed while the page still fits
     # Steps to a new dataset can be replaced by the fitted one when that arrives.)
-    context, page = new_page(browser, server, problems, VIEWPORT,
+    context, page = new_page(browser, server, problems, viewport,
                              query="?dataset=synthetic&num_classes=300&method=exact&steps=20000")
     try:
+        show_settings(page)
         expect(estimate(page)).to_contain_text(re.compile(r"synthetic · mlp · 20000 steps: .*Train will refuse it"),
                                                timeout=RUN_MS)
         train_button(page).click()

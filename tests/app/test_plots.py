@@ -460,3 +460,25 @@ def test_the_sweep_and_compare_name_the_jacobian_they_draw():
                                                       jacobian="features").layout.yaxis2.title.text
     compare = plots.steps_figure([("a", record(0.0)), ("b", record(0.1))], plots.COMPARE_PANELS)
     assert compare.layout.annotations[2].text == "Exact ‖J‖_F of the logits (test subset)"
+
+
+def test_the_training_tab_draws_the_sessions_lambda_zero_run_of_the_same_model_beside_a_penalised_one():
+    from demo.app.views.training import curves, reference_run
+    from demo.engine.config import RunConfig
+    from demo.engine.record import COMPLETED, new_record
+
+    def run(run_id, status=COMPLETED, **cfg):
+        record = new_record(RunConfig(**{"robustness": False, **cfg}))
+        record["status"] = status
+        record["history"] = [{"step": 1, "ce_loss": 1.0, "term": 0.5, "weighted_term": 0.005, "train_accuracy": 0.5,
+                              "jacobian_norm_estimate": 1.0, "samples_per_s": 1.0, "elapsed": 0.1}]
+        return {"id": run_id, "record": record, "weights": {}}
+
+    plain, other_data, stopped = run(1, penalty=0.0), run(2, penalty=0.0, dataset="moons"), run(3, "stopped", penalty=0)
+    penalised = run(4, penalty=0.01)
+    session = {"runs": [plain, other_data, stopped, penalised]}
+    assert reference_run(session, penalised) is plain  # same model, finished; not the moons run nor the stopped one
+    assert reference_run(session, plain) is None  # a λ = 0 run needs no reference
+    assert reference_run({"runs": [other_data, penalised]}, penalised) is None
+    names = {trace.name for trace in curves(session, penalised).data}
+    assert any("λ = 0 (run #1)" in (name or "") for name in names), names
