@@ -7,6 +7,9 @@ other and make runs many times slower. Results do not depend on the thread count
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import pytest
 import torch
 
@@ -22,3 +25,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.parts[-3:-1] == ("tests", "app"):
             item.add_marker(pytest.mark.xdist_group("app"))
+
+
+LOW_PRIORITY = 10  # niceness of a worker while it runs tests outside tests/app
+
+
+def pytest_runtest_setup(item):
+    """Under pytest-xdist the app's tests (servers, a browser, timings a visitor would see) get the
+    CPU first: a worker running the other layers' tests lowers its priority, and raises it again
+    when it reaches the app's (allowed to root, as in CI; elsewhere both workers stay lowered)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    wanted = 0 if item.path.parts[-3:-1] == ("tests", "app") else LOW_PRIORITY
+    with contextlib.suppress(OSError):
+        if os.getpriority(os.PRIO_PROCESS, 0) != wanted:
+            os.setpriority(os.PRIO_PROCESS, 0, wanted)
