@@ -10,23 +10,27 @@ from __future__ import annotations
 import contextlib
 import os
 
-import pytest
 import torch
 
 torch.set_num_threads(1)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`make test` runs two workers, one per core), every test of tests/app
-    runs in one worker, in file order: they start servers on fixed ports, share module-scoped
-    servers and browsers, and some measure the server's own memory; the layers below run beside
-    them on the other worker."""
-    for item in items:
-        if item.path.parts[-3:-1] == ("tests", "app"):
-            item.add_marker(pytest.mark.xdist_group("app"))
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist (`make test` runs two workers, one per core) every test of tests/app runs
+    in one worker, in file order: they start servers, share module-scoped servers and a browser,
+    and some measure the server's own memory or a visitor's timings; each test of the layers below
+    is a unit of its own, run beside them on the other worker. (xdist's own "loadgroup" marks did
+    not group anything with this pytest: the ids it suffixes are not the ones it schedules.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class AppTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return APP_TESTS if nodeid.startswith(APP_TESTS) else nodeid
+
+    return AppTogether(config, log)
 
 
+APP_TESTS = "tests/app/"
 LOW_PRIORITY = 10  # niceness of a worker while it runs tests outside tests/app
 
 
