@@ -57,7 +57,7 @@ def describe(cfg: RunConfig, pace: Pace) -> str:
     text += ")"
     if low > cfg.time_budget > 0:
         text += (f". This app stops a run after {_duration(cfg.time_budget)}, so Train will refuse it: "
-                 f"about {fitting_steps(cfg, pace)} steps fit")
+                 f"{_fit(fitting_steps(cfg, pace))}")
     elif high > cfg.time_budget > 0:
         text += f". This app stops a run after {_duration(cfg.time_budget)}: it may be cut short"
     return text + "."
@@ -70,6 +70,10 @@ def fitting_steps(cfg: RunConfig, pace: Pace) -> int:
     return max(1, int(spare / max(step, 1e-9)))
 
 
+def _fit(steps: int) -> str:
+    return "about 1 step fits" if steps == 1 else f"about {steps} steps fit"
+
+
 def refuse_if_too_long(cfg: RunConfig, pace: Pace, what: str = "This run") -> None:
     """ConfigError in plain words when `cfg` cannot finish within its time budget even at the fast
     end of its measured range: refused before it starts, not cut after minutes."""
@@ -77,9 +81,9 @@ def refuse_if_too_long(cfg: RunConfig, pace: Pace, what: str = "This run") -> No
     if cfg.time_budget > 0 and low > cfg.time_budget:
         raise ConfigError(
             f"{what} would take about {_duration(low)} here ({pace.step_s * 1e3:.3g} ms a step, measured just now), "
-            f"and this app stops a run after {_duration(cfg.time_budget)}. About {fitting_steps(cfg, pace)} steps "
-            "fit; or choose a cheaper method (projection does not grow with the outputs), or run it on your own "
-            "machine (python -m demo train).")
+            f"and this app stops a run after {_duration(cfg.time_budget)}. "
+            f"{_fit(fitting_steps(cfg, pace)).capitalize()}; or choose a cheaper method (projection does not grow "
+            "with the outputs), or run it on your own machine (python -m demo train).")
 
 
 def refuse_if_sweep_too_long(runs: int, low_s: float, limit_s: float) -> None:

@@ -50,7 +50,7 @@ Session = dict[str, Any]
 FOLDER_PREFIX = "jacobian-playground-"
 MAX_LIVE = 10_000  # browser sessions a LiveSessions remembers at most (the oldest go first)
 TABLE_LABEL = "This session's runs"
-LEGEND_FIELDS = ("dataset", "arch", "regularizer", "seed")  # named in a legend when they differ
+LEGEND_FIELDS = ("dataset", "arch", "regularizer", "target", "seed")  # named in a legend when they differ
 TABLE_COLUMNS = (
     "run", "status", "dataset", "arch", "regulariser", "λ", "method", "target", "steps", "seed",
     "test acc", "PGD ε", "PGD acc", "Square acc", "‖J‖_F", "time (s)", "device",
@@ -184,7 +184,7 @@ def short_label(run: dict[str, Any]) -> str:
 
 def legend_labels(runs: list[dict[str, Any]]) -> list[str]:
     """Legend labels for runs drawn together: each run's id, λ and estimator, plus every setting
-    that differs between them (dataset, architecture, regulariser, seed), so no two read alike."""
+    that differs between them (dataset, architecture, regulariser, target, seed), so no two read alike."""
     differing = [key for key in LEGEND_FIELDS if len({str(r["record"]["config"].get(key)) for r in runs}) > 1]
     labels = []
     for run in runs:

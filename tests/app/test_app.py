@@ -399,6 +399,8 @@ def test_legends_name_what_differs_between_the_runs_drawn_together():
     assert labels == ["#1 λ=0.01 projection digits seed 0", "#2 λ=0.01 projection moons seed 0",
                       "#3 λ=0.01 projection digits seed 4"]
     assert len(set(label.split(" ", 1)[1] for label in labels)) == 3  # without the id, still tell apart
+    by_target = [run(1, penalty=0.01), run(2, penalty=0.01, target="features")]
+    assert sessions.legend_labels(by_target) == ["#1 λ=0.01 projection logits", "#2 λ=0.01 projection features"]
 
 
 def test_the_robustness_overlay_draws_runs_of_one_dataset(client):

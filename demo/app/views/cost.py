@@ -151,7 +151,7 @@ def layout() -> CostView:
         gr.Markdown(
             "What one training step costs with each estimator as the number of outputs C grows (the "
             "thread's case: C ≈ 1000). *exact* takes all C rows; *projection*, *jvp* and *fd* do not "
-            "grow with C. Measured here, now, on the device chosen on the left, for the architecture "
+            "grow with C. Measured here, now, on the device chosen in Settings, for the architecture "
             "and input shape chosen there; a plain cross-entropy step is the baseline. Timing shares "
             "the machine with other visitors: the ratio is the steadier number."
         )

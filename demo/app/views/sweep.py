@@ -202,7 +202,7 @@ def _table(rows: list[dict]) -> pd.DataFrame:
 
 def layout() -> SweepView:
     with gr.Tab("Sweep", id="sweep"):
-        gr.Markdown("Train one run per strength with the settings on the left (λ aside), for one or several "
+        gr.Markdown("Train one run per strength with the settings in Settings (λ aside), for one or several "
                     "regularisers, and see which strength buys how much robustness for how much accuracy.")
         with gr.Row():
             strengths = gr.Textbox(DEFAULT_STRENGTHS, label="Strengths (λ; ε for adversarial training)", scale=2)

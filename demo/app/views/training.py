@@ -67,7 +67,7 @@ class Handlers:
         try:
             points = self._admit(cfg)
         except gr.Error as refused:  # valid, but too big or too long here: on the status line too
-            yield gr.skip(), f'<div class="jp-status">Not started: {html.escape(str(refused))}</div>', gr.skip(), \
+            yield gr.skip(), f'<div class="jp-status">Not started: {html.escape(refused.message)}</div>', gr.skip(), \
                 gr.skip()
             raise
         with self.stops.running(visitor(request)) as stop, inputs.plain_errors():
