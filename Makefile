@@ -32,7 +32,7 @@ lint: $(VENV)/.dev-stamp
 	$(PY) -m ruff check .
 
 # Two pytest workers (pytest-xdist): tests/app in one, in file order, the other layers beside it
-# at a lower priority (tests/conftest.py); about 10 minutes here instead of 14.
+# at a lower priority (tests/conftest.py); about 12 minutes here instead of 15.
 test: $(VENV)/.dev-stamp browser-deps
 	$(PY) -m ruff check .
 	$(PY) -m pytest -n 2
