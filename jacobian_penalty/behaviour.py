@@ -67,7 +67,10 @@ def first_call(f: Callable, x: Tensor, capture: Capture, target: Any, coupling: 
     if store is not None and key in store:
         return store[key]
     if not check:
-        calls = recorded_calls(f, x[:1], capture, coupling)
+        try:
+            calls = recorded_calls(f, x[:1], capture, coupling)
+        except Exception:  # noqa: BLE001 - f may only run on its full batch (a reshape by batch size)
+            calls = recorded_calls(f, x, capture, coupling)
     else:
         try:
             calls = behaviour(f, x[:CHECK_SAMPLES], capture, coupling)

@@ -249,3 +249,17 @@ def test_a_checked_model_still_deep_copies_and_saves(tmp_path):
     calls = loaded.calls
     jacobian_penalty(loaded, x, target=select)
     assert loaded.calls == calls + 1  # the cache came along: no second check
+
+
+def test_with_the_check_off_a_model_that_runs_only_on_its_full_batch_still_works():
+    """The recorded pass falls back to the whole batch when f reshapes by the batch size."""
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 3).to(DOUBLE)
+    x = torch.randn(3, 4, dtype=DOUBLE)
+
+    def f(z):
+        return torch.tanh(lin(z.reshape(3, 4)))  # only a batch of three
+
+    _, exact = jacobian_penalty(f, x, method="exact", check_independence=False)
+    oracle = torch.autograd.functional.jacobian(f, x)  # (3, 3, 3, 4): blocks on the diagonal
+    assert exact.item() == pytest.approx(sum(oracle[b, :, b].pow(2).sum().item() for b in range(3)) / 3)
