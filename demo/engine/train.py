@@ -194,7 +194,8 @@ def out_of_memory(exc: BaseException) -> bool:
     thread whose stack no longer fits under the server's address-space ceiling."""
     text = str(exc)
     return (isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) or "can't allocate memory" in text
-            or "not enough memory" in text or "out of memory" in text or "can't start new thread" in text)
+            or "not enough memory" in text or "out of memory" in text or "can't start new thread" in text
+            or "std::bad_alloc" in text)  # C++'s failed allocation (torch's own ops, e.g. while loading data)
 
 
 def dataset_info(data: datasets.Dataset) -> dict[str, Any]:
