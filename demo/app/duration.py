@@ -55,19 +55,29 @@ def describe(cfg: RunConfig, pace: Pace) -> str:
     text += "; measured on a few steps just now" if pace.complete else \
         "; a few steps measured, the evaluations and attacks extrapolated from them"
     text += ")"
-    if low > cfg.time_budget > 0:
+    if _beyond(cfg, pace, 0):
         text += (f". This app stops a run after {_duration(cfg.time_budget)}, so Train will refuse it: "
                  f"{_fit(fitting_steps(cfg, pace))}")
-    elif high > cfg.time_budget > 0:
+    elif _beyond(cfg, pace, 1):
         text += f". This app stops a run after {_duration(cfg.time_budget)}: it may be cut short"
     return text + "."
 
 
 def fitting_steps(cfg: RunConfig, pace: Pace) -> int:
-    """The most steps whose run fits cfg's time budget at the fast end of its range (at least 1)."""
+    """The most steps whose run fits cfg's time budget at the fast end of its range (at least 1):
+    the whole run within the budget, its training within the training share."""
     step = pace.step_low_s if pace.step_low_s is not None else pace.step_s
-    spare = cfg.time_budget - pace.robustness_s - cfg.evaluations() * pace.evaluation_s
+    evaluations = cfg.evaluations() * pace.evaluation_s
+    spare = min(cfg.time_budget - pace.robustness_s, limits.training_seconds(cfg)) - evaluations
     return max(1, int(spare / max(step, 1e-9)))
+
+
+def _beyond(cfg: RunConfig, pace: Pace, end: int) -> bool:
+    """Whether the run passes its budget at one end of its range (0: fast, 1: slow), as a whole or
+    in its training (the engine stops training at limits.training_seconds)."""
+    total = pace.seconds_range(cfg.steps, cfg.evaluations())[end]
+    training = total - pace.robustness_s
+    return cfg.time_budget > 0 and (total > cfg.time_budget or training > limits.training_seconds(cfg))
 
 
 def _fit(steps: int) -> str:
@@ -78,7 +88,7 @@ def refuse_if_too_long(cfg: RunConfig, pace: Pace, what: str = "This run") -> No
     """ConfigError in plain words when `cfg` cannot finish within its time budget even at the fast
     end of its measured range: refused before it starts, not cut after minutes."""
     low, _ = pace.seconds_range(cfg.steps, cfg.evaluations())
-    if cfg.time_budget > 0 and low > cfg.time_budget:
+    if _beyond(cfg, pace, 0):
         raise ConfigError(
             f"{what} would take about {_duration(low)} here ({pace.step_s * 1e3:.3g} ms a step, measured just now), "
             f"and this app stops a run after {_duration(cfg.time_budget)}. "

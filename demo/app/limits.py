@@ -4,7 +4,8 @@ A public Space shares one machine between everyone, so a run's length and the qu
 by whoever deploys it:
 
     JP_MAX_STEPS     most training steps a run may ask for (a larger request is refused)
-    JP_MAX_SECONDS   most seconds of training per run (each run's time budget is clamped to it)
+    JP_MAX_SECONDS   most seconds one event may hold the accelerator: a run's training, evaluations
+                     and attacks together (its time budget is clamped to it; `training_seconds`)
     JP_QUEUE_SIZE    most events waiting in the queue (more get "queue full")
     JP_CONCURRENCY   events that train or measure at the same time (they share the accelerator)
     JP_MAX_RUNS      runs kept per browser session (the oldest is dropped beyond it)
@@ -37,7 +38,12 @@ from dataclasses import dataclass
 
 from demo.engine.config import MAX_STEPS, ConfigError, RunConfig
 
-__all__ = ["Limits", "check", "time_budget"]
+__all__ = ["Limits", "check", "time_budget", "training_seconds"]
+
+# Of a run's time budget, the share kept for what comes after training: the final evaluation and,
+# with robustness, the attacks (the longest, PGD on 500 test points, took up to a fifth of a run
+# here). Training stops at the rest, so the run as a whole ends within its budget.
+AFTER_TRAINING_SHARE = {True: 0.25, False: 0.05}
 
 PREFIX = "JP_"
 MAY_BE_ZERO = frozenset({"memory_ceiling_mb", "proxy_hops"})  # where 0 means "off"
@@ -100,6 +106,12 @@ def time_budget(asked: float | int | str | None, limits: Limits) -> float:
     except (TypeError, ValueError, OverflowError):
         return asked  # type: ignore[return-value]
     return float(limits.max_seconds if seconds <= 0 else min(seconds, limits.max_seconds))
+
+
+def training_seconds(cfg: RunConfig) -> float:
+    """Seconds a run may train for, out of its time budget (0: no limit): what is left once the
+    final evaluation and attacks have their share."""
+    return cfg.time_budget * (1.0 - AFTER_TRAINING_SHARE[bool(cfg.robustness)])
 
 
 def check(cfg: RunConfig, limits: Limits) -> None:

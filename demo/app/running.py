@@ -14,11 +14,11 @@ attacks' levels, so a stopped run's computation ends within one step or one atta
 handler waits for it (STOP_WAIT_S at most) before its event ends: the accelerator's slot is free
 only when the work has stopped.
 
-Time: a run trains for its time budget (JP_MAX_SECONDS, demo.app.limits); its final evaluation and
-attacks get TAIL_SHARE of that again (at least TAIL_MIN_S), after which the same stop ends them and
-the run is kept as it stands, saying so. Every other event that uses the accelerator (/thread,
-/thorough, /cost) stops at JP_MAX_SECONDS through `deadline`. No event holds the accelerator past
-its limit.
+Time: a run's time budget (JP_MAX_SECONDS at most, demo.app.limits) covers the whole event. The
+engine trains for `limits.training_seconds` of it, leaving the rest to the final evaluation and
+attacks; at the budget itself the same stop ends whatever still runs, and the run is kept as it
+stands, saying so. Every other event that uses the accelerator (/thread, /thorough, /cost) stops
+at JP_MAX_SECONDS through `deadline`. No event holds the accelerator past its limit.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Any
 
 import gradio as gr
 
+from demo.app.limits import training_seconds
 from demo.app.streaming import HEAVY, SKIP, StopRequests, Throttle, in_background
 from demo.app.zerogpu import on_gpu, on_zero_gpu
 from demo.engine.config import RunConfig
@@ -44,9 +45,6 @@ FINAL = "final"
 _SMALLER = "Try a smaller batch size, fewer projections, or the 'projection' method instead of 'exact'."
 OUT_OF_MEMORY = f"The machine ran out of memory before this run could start (the server's memory ceiling). {_SMALLER}"
 OUT_OF_MEMORY_DURING = f"The machine ran out of memory during this run (the server's memory ceiling). {_SMALLER}"
-# The final evaluation and attacks may take this share of the time budget again, and at least
-# TAIL_MIN_S (the attacks on a small model take a second or two, whatever the budget).
-TAIL_SHARE, TAIL_MIN_S = 0.25, 30.0
 # How long a stopped handler waits for the engine to notice: one step, or one attack level
 # (PGD-10 on 500 test points is the longest piece, a few seconds on vit here).
 STOP_WAIT_S = 30.0
@@ -88,9 +86,9 @@ def deadline(seconds: float | None) -> Callable[[], bool]:
 
 
 def run_limit_s(cfg: RunConfig) -> float | None:
-    """How long a run's event may hold the accelerator: its time budget, and TAIL_SHARE more (at
-    least TAIL_MIN_S) for the final evaluation and attacks (None: no budget, no limit)."""
-    return cfg.time_budget + max(TAIL_SHARE * cfg.time_budget, TAIL_MIN_S) if cfg.time_budget > 0 else None
+    """How long a run's event may hold the accelerator: its time budget, the final evaluation and
+    attacks included (None: no budget, no limit)."""
+    return cfg.time_budget if cfg.time_budget > 0 else None
 
 
 def follow(cfg: RunConfig, run_id: int, stop: threading.Event) -> Iterator[Tick]:
@@ -105,7 +103,8 @@ def follow(cfg: RunConfig, run_id: int, stop: threading.Event) -> Iterator[Tick]
         return stop.is_set() or halt.is_set() or past_limit()
 
     # A closure cannot cross into ZeroGPU's worker process: there Stop closes the stream instead.
-    stream = in_background(run_stream(cfg, None if on_zero_gpu() else should_stop), halt, join_s=STOP_WAIT_S)
+    engine_cfg = cfg.replace(time_budget=training_seconds(cfg))  # the rest is the attacks' share
+    stream = in_background(run_stream(engine_cfg, None if on_zero_gpu() else should_stop), halt, join_s=STOP_WAIT_S)
     pace, fresh, failed = Throttle(), False, False
     try:
         try:
@@ -142,7 +141,7 @@ def follow(cfg: RunConfig, run_id: int, stop: threading.Event) -> Iterator[Tick]
         # Stopped (the stream may end first: its worker saw Stop too): the record as it stands.
         record = kept(run["record"])
         if past_limit() and not stop.is_set():
-            record = {**record, "message": f"The app's time limit ({run_limit_s(cfg):.0f} s with the attacks) was "
+            record = {**record, "message": f"The app's time limit ({run_limit_s(cfg):.0f} s, attacks included) was "
                                            "reached before the run finished; it is kept as it stands."}
         yield Tick(FINAL, {**run, "record": record}, fresh)
     finally:

@@ -293,18 +293,21 @@ def test_a_run_that_cannot_finish_within_the_limit_is_refused_before_it_starts()
 # No event holds the accelerator past the app's limit
 
 
-def test_a_run_whose_attacks_outlast_the_limit_is_kept_as_it_stands_and_says_why(monkeypatch):
-    from demo.app import running
+def test_a_run_whose_attacks_outlast_the_limit_is_kept_as_it_stands_and_says_why():
+    from demo.app.limits import AFTER_TRAINING_SHARE
     from demo.app.running import FINAL, follow
 
-    monkeypatch.setattr(running, "TAIL_MIN_S", 0.0)  # the tail is then a quarter of the budget alone
     cfg = RunConfig(steps=50, time_budget=1e-4, robustness=True)  # the budget ends training at step 1
     ticks = list(follow(cfg, 1, threading.Event()))
     assert ticks[-1].kind == FINAL
     record = ticks[-1].run["record"]
-    # The final evaluation alone takes longer than 1.25 x 0.1 ms: the attacks never start.
+    # The final evaluation alone takes longer than the whole 0.1 ms: the attacks never start, and
+    # the event ends at the budget itself, not a share later.
     assert record["status"] == STOPPED and "time limit" in record["message"]
+    assert "(0 s, attacks included)" in record["message"]
     assert record["robustness"] == {}
+    # The engine trained for the budget less the attacks' share.
+    assert record["config"]["time_budget"] == pytest.approx(1e-4 * (1 - AFTER_TRAINING_SHARE[True]))
 
 
 def test_thread_cost_and_thorough_stop_at_the_limit_in_plain_words():
