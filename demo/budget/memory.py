@@ -17,7 +17,9 @@ at PROBE_BATCH:
                                                         (if it never does: slope p(K) / K)
     step(k, B) = step(k, b) * B / b                     B > b: through the origin, which errs high
 
-with p measured by torch's allocator events on the CPU and max_memory_allocated on CUDA. Evaluation
+with p measured by max_memory_allocated on CUDA, and on the CPU as the larger of torch's allocator
+events and the process's resident growth (what the kernel counts: convolution workspaces and heap
+stranded between saved tensors are outside the allocator). Evaluation
 and the attacks run on ROBUSTNESS_SAMPLES test points: a plain step scaled to that many bounds
 them. Parameters, gradients and Adam's two moments come on top, and a safety margin SAFETY on the
 step. benchmarks/memory_model.py checks the model against measured peaks over architectures x
@@ -227,7 +229,11 @@ def measure_probe(cfg: RunConfig, num_classes: int, device: torch.device) -> Pro
 
         def measure(mode: str, count: int) -> float:
             step = _forward_backward(model, params, x, y, mode, count)
-            return bench.peak_memory_mb(step, device, lambda: model.zero_grad(set_to_none=True)) or 0.0
+            release = lambda: model.zero_grad(set_to_none=True)  # noqa: E731
+            allocated = bench.peak_memory_mb(step, device, release) or 0.0
+            # On a CPU the kernel counts more than torch's allocator sees (timing.resident_growth_mb).
+            resident = bench.resident_growth_mb(step, release) if device.type == "cpu" else None
+            return max(allocated, resident or 0.0)
 
         counts = list(first_counts(made.count))
         peaks = [measure(made.mode, count) for count in counts]

@@ -23,7 +23,8 @@ CPU = torch.device("cpu")
 
 
 def measured_peak_mb(arch: str, method: str, num_projections: int, batch: int, classes: int) -> float:
-    """The peak of one forward + penalty + backward, measured the same way as the probe, at full size."""
+    """The peak of one forward + penalty + backward, measured the same way as the probe, at full size
+    (where the probe extrapolates from a few products at a smaller batch)."""
     torch.manual_seed(0)
     model = models.build(arch, (1, 8, 8), classes)
     x, y = torch.rand(batch, 1, 8, 8), torch.randint(classes, (batch,))
@@ -34,7 +35,9 @@ def measured_peak_mb(arch: str, method: str, num_projections: int, batch: int, c
         (F.cross_entropy(logits, y) + penalty).backward(inputs=params)
 
     step()
-    return bench.peak_memory_mb(step, CPU, lambda: model.zero_grad(set_to_none=True))
+    release = lambda: model.zero_grad(set_to_none=True)  # noqa: E731
+    # What the kernel counts as well as what torch's allocator counts: the larger.
+    return max(bench.peak_memory_mb(step, CPU, release), bench.resident_growth_mb(step, release) or 0.0)
 
 
 # (arch, method, projections, classes, batch): rows, forward-mode columns (C > D = 64), probes,
@@ -109,8 +112,11 @@ def test_products_follow_the_method_and_the_shapes():
     assert memory.graphs_held(RunConfig(dataset="synthetic", penalty=0.0), shape, 100) == 0
 
 
-def test_the_probe_doubles_the_products_until_the_graphs_show():
-    # 784 columns of a small MLP at batch 2: 4 and 8 products are hidden by the backward's temporaries.
+def test_the_probe_doubles_the_products_until_the_graphs_show(monkeypatch):
+    # 784 columns of a small MLP at batch 2: in torch's allocator 4 and 8 products are hidden by the
+    # backward's temporaries (the resident memory shows them, through the heap they strand: seen
+    # from the allocator alone here, the doubling is what has to find them).
+    monkeypatch.setattr(bench, "resident_growth_mb", lambda fn, release=None: None)
     cfg = RunConfig(dataset="synthetic", arch="mlp", method="exact", batch_size=2, num_classes=1000, robustness=False)
     probe = memory.measure_probe(cfg, 1000, CPU)
     assert probe.products[:2] == (4, 8) and len(probe.products) > 2, probe

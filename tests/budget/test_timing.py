@@ -97,6 +97,18 @@ def test_peak_memory_counts_what_a_function_holds_at_once():
     assert bench.peak_memory_mb(lambda: None, torch.device("cpu")) == pytest.approx(0, abs=0.01)
 
 
+def test_resident_growth_counts_memory_outside_torchs_allocator():
+    size = 64 * 2**20
+
+    def touches_64_mb_outside_torch():
+        block = bytearray(size)  # zero-filled: every page is touched, none through torch
+        del block
+
+    resident = bench.resident_growth_mb(touches_64_mb_outside_torch)
+    assert resident is not None and 0.95 * size / 2**20 <= resident < 2 * size / 2**20, resident
+    assert bench.peak_memory_mb(touches_64_mb_outside_torch, torch.device("cpu")) == pytest.approx(0, abs=0.01)
+
+
 def test_cpu_clock_is_offered_only_on_the_cpu():
     rows = bench.time_steps("mlp", 3, ["fd"], clock="cpu", measure_memory=False, **TINY)
     assert rows[0]["clock"] == "cpu" and rows[1]["ms_per_step"] > 0
