@@ -51,6 +51,9 @@ CSS = f"""
   #jp-actions .jp-status {{ max-height: 4.5em; overflow-y: auto; font-size: 0.85em; }}
   #jp-actions .jp-status progress {{ width: 5em; }}
   .gradio-container {{ padding-bottom: 9em !important; }}
+  /* plotly's toolbar sat over the plot's label ("Training curves") at this width; a double tap
+     still resets the zoom */
+  .js-plotly-plot .modebar-container {{ display: none !important; }}
 }}
 """
 
@@ -74,6 +77,7 @@ SCRIPT = f"""() => {{
     order.forEach(([x, y], i) => {{
       update[x + ".domain"] = [0, 1];
       update[y + ".domain"] = [1 - (i + 1) / n + gap, 1 - i / n - gap / 2];
+      update[x + ".tickangle"] = 0;  // level from the first stacked draw (see level below)
       // A y axis shared side by side (the attacks' accuracy) showed its numbers on the first
       // panel only; stacked, every panel needs its own.
       if ((gd.layout[y] || {{}}).matches && full[y].showticklabels === false) update[y + ".showticklabels"] = true;

@@ -251,3 +251,149 @@ def test_a_run_past_the_memory_ceiling_ends_alone_with_a_message(tmp_path):
 
 if os.environ.get("JP_SKIP_SLOW_SERVER_TESTS"):  # pragma: no cover - a way to run the quick ones alone
     pytestmark = pytest.mark.skip("slow server tests skipped")
+
+
+# ---------------------------------------------------------------------------------------------
+# Stop, the time limit and run ids, against the real server (the handlers' own tests are in
+# test_stop_and_pace.py; these show the same through the door a visitor uses)
+
+ATTACKED = {**TRAIN, "dataset": "synthetic", "arch": "vit", "steps": 2, "robustness": True, "num_classes": 10}
+
+
+def stop_events(url: str) -> list[tuple[int, int]]:
+    """(fn_index, trigger id) of every private event a Stop button fires, from the page's config."""
+    config = httpx.get(url + "config", timeout=30).json()
+    stops = {c["id"] for c in config["components"] if c.get("type") == "button"
+             and c.get("props", {}).get("value") == "Stop"}
+    return [(d["id"], target[0]) for d in config["dependencies"] for target in d.get("targets", [])
+            if target[0] in stops]
+
+
+def press(url: str, fn_index: int, trigger: int, session: str) -> None:
+    """What the page sends when Stop is pressed: a queue event of that session, listened to for a
+    moment (Stop acts at once, outside the queue's limit; its own completion may be read by the
+    session's other stream, which shares its messages)."""
+    body = json.dumps({"data": [], "fn_index": fn_index, "trigger_id": trigger, "session_hash": session,
+                       "event_data": None})
+    answer = httpx.post(url + "gradio_api/queue/join", content=body, headers={"content-type": "application/json"},
+                        timeout=30)
+    assert answer.status_code == 200, (answer.status_code, answer.text[:300])
+    deadline = time.monotonic() + 5
+    with httpx.stream("GET", url + "gradio_api/queue/data", params={"session_hash": session}, timeout=10) as data:
+        for line in data.iter_lines():
+            if "process_completed" in line or time.monotonic() > deadline:
+                return
+
+
+def until(lines, wanted, seconds: float) -> str:
+    """The first of a stream's lines that is `wanted`, within `seconds` (its heartbeats keep the
+    stream alive, so a read timeout alone would never fire)."""
+    deadline = time.monotonic() + seconds
+    for line in lines:
+        if wanted(line):
+            return line
+        if time.monotonic() > deadline:
+            break
+    pytest.fail(f"not seen within {seconds:.0f} s")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_stop_during_the_attacks_ends_the_work_so_one_worker_means_one(tmp_path):
+    """Stop cycles during a vit run's attacks: once each event has ended, the server computes
+    nothing (before, each stopped run's thread went on attacking, and after four cycles four
+    trained at once against JP_CONCURRENCY=1)."""
+    process, url = start_app(tmp_path, tmp_path / "server.log", JP_CONCURRENCY="1", JP_MAX_SECONDS="600")
+    try:
+        stops = stop_events(url)
+        assert stops, "no Stop button in the page's config"
+        for cycle in range(3):
+            session = f"stopper-{cycle}"
+            payload = json.dumps({"data": list(ATTACKED.values()), "session_hash": session})
+            event = httpx.post(url + "gradio_api/call/train", content=payload,
+                               headers={"content-type": "application/json"}, timeout=30).json()["event_id"]
+            with httpx.stream("GET", f"{url}gradio_api/call/train/{event}", timeout=300) as stream:
+                lines = stream.iter_lines()
+                # Both steps trained: the attacks run now (over ten seconds on vit).
+                until(lines, lambda line: line.startswith("data:") and "step 2 of 2" in line, 240)
+                time.sleep(1)
+                press(url, *stops[0], session)  # the Stop beside Train (the first in the page)
+                ended = until(lines, lambda line: line in ("event: complete", "event: error"), 120)
+            assert ended == "event: complete", ended
+            before = cpu_seconds(process.pid)
+            time.sleep(3)
+            # A thread still attacking would burn about a core (3 s here); an idle server, almost none.
+            assert cpu_seconds(process.pid) - before < 1.0, f"cycle {cycle}: work went on after Stop"
+        assert call(url, "train", json.dumps(list(TRAIN.values())), session="after")[0] == "complete"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert "Traceback" not in (tmp_path / "server.log").read_text()
+
+
+def test_the_time_limit_bounds_every_event_that_uses_the_accelerator(tmp_path):
+    """JP_MAX_SECONDS = 4: a vit run with its attacks, a thread comparison with a long warm-up and
+    a heavy cost measurement each end near the limit, in plain words (they took 79 s, 276 s and
+    105 s before). The bound asserted is loose (the limit plus a step, an attack level and a busy
+    machine's slack): what fails is an event that ignores the limit."""
+    from test_hostile import COST, THREAD
+
+    process, url = start_app(tmp_path, tmp_path / "server.log", JP_MAX_SECONDS="4", JP_MAX_MEMORY_MB="8000")
+    heavy_cost = {**COST, "arch": "vit", "dataset": "cifar10", "classes": [10, 100],
+                  "methods": ["exact", "projection", "fd"], "batch_size": 32}
+    try:
+        for api, values in (("train", {**ATTACKED, "steps": 200}), ("thread", {**THREAD, "warmup_steps": 3000}),
+                            ("cost", heavy_cost)):
+            started = time.monotonic()
+            kind, message = call(url, api, json.dumps(list(values.values())), session=f"limit-{api}")
+            took = time.monotonic() - started
+            assert took < 45, f"/{api} held the worker {took:.0f} s against a 4 s limit"
+            if kind == "complete":  # /train keeps the run as it stands, saying why
+                assert api == "train" and ("time limit" in message or "time budget" in message), message[-500:]
+            else:  # refused before it starts (its estimate), or ended at the limit, in plain words
+                assert kind == "error" and "Traceback" not in message, message
+                assert "limit" in message or "stops a run after" in message, message
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert "Traceback" not in (tmp_path / "server.log").read_text()
+
+
+def test_two_trains_of_one_session_at_once_keep_two_runs_with_their_own_ids(tmp_path):
+    """Two Trains of one page at once (JP_CONCURRENCY=2), sent as the page sends them: both
+    /queue/join, results on the session's one stream. Before, both said "Run #1" and one was lost.
+    (Two /call streams of one session would not do: gradio's /call streams of a session share its
+    message queue, and each may take the other's messages.)"""
+    process, url = start_app(tmp_path, tmp_path / "server.log", JP_CONCURRENCY="2",
+                             JP_SESSION_ACCELERATOR_EVENTS="4")
+    try:
+        config = httpx.get(url + "config", timeout=30).json()
+        train = next(d for d in config["dependencies"] if d.get("api_name") == "train")
+        for seed in range(2):
+            values = [None] + list({**TRAIN, "seed": seed}.values())  # the session's State comes first
+            assert len(values) == len(train["inputs"])
+            body = json.dumps({"data": values, "fn_index": train["id"], "trigger_id": train["targets"][0][0],
+                               "session_hash": "twin", "event_data": None})
+            joined = httpx.post(url + "gradio_api/queue/join", content=body,
+                                headers={"content-type": "application/json"}, timeout=30)
+            assert joined.status_code == 200, (joined.status_code, joined.text[:300])
+        finished = []
+        with httpx.stream("GET", url + "gradio_api/queue/data", params={"session_hash": "twin"},
+                          timeout=300) as stream:
+            lines = stream.iter_lines()
+            while len(finished) < 2:
+                line = until(lines, lambda line: "process_completed" in line, 240)
+                finished.append(json.loads(line.split("data:", 1)[1]))
+        assert all(f.get("success") for f in finished), [str(f)[:300] for f in finished]
+        kind, stream = call(url, "runs", "[]", session="twin")
+        assert kind == "complete", stream
+        rows = completed(stream)[0]["data"]
+        ids = [str(row[0]) for row in rows]
+        assert len(rows) == 2 and len(set(ids)) == 2, rows
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
