@@ -6,6 +6,7 @@ in gradio's cache, memory after a big run, a hard memory ceiling, and a quiet lo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -279,7 +280,8 @@ def press(url: str, fn_index: int, trigger: int, session: str) -> None:
                         timeout=30)
     assert answer.status_code == 200, (answer.status_code, answer.text[:300])
     deadline = time.monotonic() + 5
-    with httpx.stream("GET", url + "gradio_api/queue/data", params={"session_hash": session}, timeout=10) as data:
+    with contextlib.suppress(httpx.ReadTimeout), httpx.stream(
+            "GET", url + "gradio_api/queue/data", params={"session_hash": session}, timeout=10) as data:
         for line in data.iter_lines():
             if "process_completed" in line or time.monotonic() > deadline:
                 return
@@ -325,9 +327,10 @@ def test_stop_during_the_attacks_ends_the_work_so_one_worker_means_one(tmp_path)
                 ended = until(lines, lambda line: line in ("event: complete", "event: error"), 120)
             assert ended == "event: complete", ended
             before = cpu_seconds(process.pid)
-            time.sleep(3)
-            # A thread still attacking would burn about a core (3 s here); an idle server, almost none.
-            assert cpu_seconds(process.pid) - before < 1.0, f"cycle {cycle}: work went on after Stop"
+            time.sleep(4)
+            # A thread still attacking burns up to a core (4 s here; 1.3 s measured with the fix
+            # reverted, on a loaded machine); an idle server, a few hundredths.
+            assert cpu_seconds(process.pid) - before < 0.6, f"cycle {cycle}: work went on after Stop"
         assert call(url, "train", json.dumps(list(TRAIN.values())), session="after")[0] == "complete"
     finally:
         process.terminate()
