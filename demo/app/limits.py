@@ -35,6 +35,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from demo.engine.config import MAX_STEPS, ConfigError, RunConfig
 
@@ -43,7 +44,7 @@ __all__ = ["Limits", "check", "time_budget", "training_seconds"]
 # Of a run's time budget, the share kept for what comes after training: the final evaluation and,
 # with robustness, the attacks (the longest, PGD on 500 test points, took up to a fifth of a run
 # here). Training stops at the rest, so the run as a whole ends within its budget.
-AFTER_TRAINING_SHARE = {True: 0.25, False: 0.05}
+AFTER_TRAINING_SHARE = MappingProxyType({True: 0.25, False: 0.05})
 
 PREFIX = "JP_"
 MAY_BE_ZERO = frozenset({"memory_ceiling_mb", "proxy_hops"})  # where 0 means "off"

@@ -345,7 +345,7 @@ def test_a_run_too_long_for_the_limit_is_refused_and_one_that_overruns_ends_at_i
             client.predict(steps=20_000, robustness=True, api_name="/train")
         assert runs(client) == []
         # A run that fits the estimate but turns out slower (each step of it sleeps here) ends at
-        # its time budget, keeping its partial results, and the attacks still run. A quarter of the
+        # its time budget, keeping its partial results. A quarter of the
         # budget by the probe's pace even on a busy machine (5 ms a step here then), 7 s as it runs.
         real, run_steps = train_module.take_step, 120
 
@@ -358,12 +358,16 @@ def test_a_run_too_long_for_the_limit_is_refused_and_one_that_overruns_ends_at_i
         started = time.monotonic()
         status, curves, _ = client.predict(steps=run_steps, robustness=True, api_name="/train")
         assert time.monotonic() - started < 60
-        assert "time budget of 2 s was reached" in status and "test accuracy" in status
+        # Training stops at its share of the 2 s (1.5 s with robustness); the attacks get the rest,
+        # and if they need more, the app's limit ends them there, saying so.
+        assert "test accuracy" in status
+        assert "time budget of 1.5 s was reached" in status or "time limit (2 s, attacks included)" in status, status
         [row] = runs(client)
-        assert row["status"] == "time_budget" and 0 < row["steps"] < run_steps and row["test acc"] > 0.1
+        assert row["status"] in ("time_budget", "stopped") and 0 < row["steps"] < run_steps and row["test acc"] > 0.1
         record = json.loads(Path(client.predict("", api_name="/download")[0]).read_text())
         assert record["history"] and record["evaluations"][-1]["step"] == row["steps"]
-        assert record["robustness"]["pgd"]  # the end-of-run measurements still happen
+        if row["status"] == "time_budget":
+            assert record["robustness"]["pgd"]  # the end-of-run measurements happened within the limit
     finally:
         client.close()
 
