@@ -20,7 +20,6 @@ Writes benchmarks/results/memory_model_<device>.json and .md; one row is printed
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import subprocess
 import sys
@@ -101,20 +100,9 @@ def _child(case: dict) -> None:
         model.zero_grad(set_to_none=True)
 
     # A small step of the same kind first: what loads once (kernels, forward-mode decompositions,
-    # threads) is not the step's. Then the free heap goes back, as the server does between runs.
+    # threads) is not the step's. Then the step itself, measured as the probe measures it.
     step(1, "jvp" if costs.products(cfg, case["classes"]).mode == "columns" else cfg.method)
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-    before = _status_kb("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak RSS, to the current RSS
-    step(cfg.batch_size, cfg.method)
-    print((_status_kb("VmHWM") - before) / 1024)
-
-
-def _status_kb(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {key} in /proc/self/status")
+    print(bench.resident_growth_mb(lambda: step(cfg.batch_size, cfg.method)))
 
 
 def main(argv: list[str] | None = None) -> int:
