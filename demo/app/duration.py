@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import html
 import inspect
+import time
 from typing import Any
 
 import gradio as gr
 
 from demo.app import controls as controls_view
 from demo.app import limits
+from demo.app.fairness import measurement
 from demo.app.streaming import ACCELERATOR
 from demo.budget import pace as pace_module
 from demo.budget.memory import Estimator
@@ -48,12 +50,17 @@ def describe(cfg: RunConfig, pace: Pace) -> str:
     low, high = pace.seconds_range(cfg.steps, cfg.evaluations())
     device = "GPU" if resolve_device(cfg.device).type == "cuda" else "CPU"
     span = _duration(low) if _duration(low) == _duration(high) else f"{_duration(low)} to {_duration(high)}"
-    text = (f"{cfg.dataset} · {cfg.arch} · {cfg.steps} steps: about {span} here on the {device} "
-            f"({pace.step_s * 1e3:.3g} ms a step")
+    text = f"{cfg.dataset} · {cfg.arch} · {cfg.steps} steps: about {span} here on the {device} "
+    text += f"({_ms(pace.step_s)} a step"
     if cfg.robustness:
         text += f", {_duration(pace.robustness_s)} for the robustness checks"
-    text += "; measured on a few steps just now" if pace.complete else \
-        "; a few steps measured, the evaluations and attacks extrapolated from them"
+    steps = "one step" if pace.timed_steps == 1 else "a few steps"
+    when = _ago(pace.measured_at)
+    text += f"; measured on {steps} {when}" if pace.complete else \
+        f"; {steps} measured {when}, the evaluations and attacks extrapolated from them"
+    if pace.observed_step_s is not None:
+        text += (f"; the last run like it here: {_ms(pace.observed_step_s)} a step, and {_duration(pace.extra_s)} "
+                 "to start and finish")
     text += ")"
     if _beyond(cfg, pace, 0):
         text += (f". This app stops a run after {_duration(cfg.time_budget)}, so Train will refuse it: "
@@ -63,12 +70,23 @@ def describe(cfg: RunConfig, pace: Pace) -> str:
     return text + "."
 
 
+def _ms(seconds: float) -> str:
+    """A step's time: 4.93 ms, 312 ms, 6.6 s."""
+    return f"{seconds * 1e3:.3g} ms" if seconds < 1 else _duration(seconds)
+
+
+def _ago(measured_at: float) -> str:
+    """When a measurement was taken, as the line says it: "just now" within a few seconds."""
+    age = time.monotonic() - measured_at
+    return "just now" if age < 10 else f"{_duration(age)} ago"
+
+
 def fitting_steps(cfg: RunConfig, pace: Pace) -> int:
     """The most steps whose run fits cfg's time budget at the fast end of its range (at least 1):
     the whole run within the budget, its training within the training share."""
-    step = pace.step_low_s if pace.step_low_s is not None else pace.step_s
+    step = pace.step_range()[0]
     evaluations = cfg.evaluations() * pace.evaluation_s
-    spare = min(cfg.time_budget - pace.robustness_s, limits.training_seconds(cfg)) - evaluations
+    spare = min(cfg.time_budget - pace.robustness_s, limits.training_seconds(cfg)) - evaluations - pace.extra_s
     return max(1, int(spare / max(step, 1e-9)))
 
 
@@ -76,7 +94,7 @@ def _beyond(cfg: RunConfig, pace: Pace, end: int) -> bool:
     """Whether the run passes its budget at one end of its range (0: fast, 1: slow), as a whole or
     in its training (the engine stops training at limits.training_seconds)."""
     total = pace.seconds_range(cfg.steps, cfg.evaluations())[end]
-    training = total - pace.robustness_s
+    training = total - pace.robustness_s - pace.extra_s
     return cfg.time_budget > 0 and (total > cfg.time_budget or training > limits.training_seconds(cfg))
 
 
@@ -90,7 +108,8 @@ def refuse_if_too_long(cfg: RunConfig, pace: Pace, what: str = "This run") -> No
     low, _ = pace.seconds_range(cfg.steps, cfg.evaluations())
     if _beyond(cfg, pace, 0):
         raise ConfigError(
-            f"{what} would take about {_duration(low)} here ({pace.step_s * 1e3:.3g} ms a step, measured just now), "
+            f"{what} would take about {_duration(low)} here ({_ms(pace.step_s)} a step, measured "
+            f"{_ago(pace.measured_at)}), "
             f"and this app stops a run after {_duration(cfg.time_budget)}. "
             f"{_fit(fitting_steps(cfg, pace)).capitalize()}; or choose a cheaper method (projection does not grow "
             "with the outputs), or run it on your own machine (python -m demo train).")
@@ -187,13 +206,14 @@ def wire(controls: controls_view.Controls, space: limits.Limits, paces: Paces, m
 
 
 def _bind(fn, deps):
+    """`fn` with its dependencies, marked as a measurement for the queue's fairness."""
     if inspect.isgeneratorfunction(fn):  # gradio streams a generator's updates: keep it one
         def streaming(*values):
             yield from fn(*values, **deps)
 
-        return streaming
+        return measurement(streaming)
 
     def handler(*values):
         return fn(*values, **deps)
 
-    return handler
+    return measurement(handler)

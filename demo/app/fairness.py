@@ -5,10 +5,12 @@ trainings fills it for everyone, and an event whose client never opens the strea
 carry its results runs anyway, for nobody. So, counted from gradio's own queue (its waiting
 events and the running ones):
 - a session holds at most `Limits.session_events` events, and at most
-  `Limits.session_accelerator_events` of those that train or measure (concurrency_id
-  "accelerator"); a client address at most `Limits.client_events` waiting (a client can make
-  fresh sessions for free, not fresh addresses). Past that, /queue/join and /call get one
-  sentence (429);
+  `Limits.session_accelerator_events` of those that train (concurrency_id "accelerator"); the
+  page's own duration estimates (`measurement`) wait in the same line but count apart, with the same
+  cap: an estimate still measuring must not make the Train pressed beside it look like a second
+  run (it was refused with "a run or measurement waiting"); a client address at most
+  `Limits.client_events` waiting (a client can make fresh sessions for free, not fresh
+  addresses). Past that, /queue/join and /call get one sentence (429);
 - an event whose session has not listened (GET /queue/data, or /call/<api>/<event_id>) for
   `Limits.listen_grace` seconds is dropped from the queue, or stopped at its next update if it
   runs. Gradio itself drops a session's events when its stream closes; this covers the streams
@@ -27,6 +29,19 @@ from demo.app.limits import Limits
 
 ACCELERATOR = "accelerator"  # the concurrency_id of events that train or measure (demo.app.streaming)
 REAP_EVERY = 1.0  # seconds between two looks for events nobody listens to
+MEASUREMENT = "_jp_measurement"  # the mark `measurement` puts on a handler
+
+
+def measurement(fn: Callable) -> Callable:
+    """Mark `fn` as the page's own measurement (the estimate under Steps): bounded by the probe's
+    cap, and counted apart from the session's runs at the door."""
+    setattr(fn, MEASUREMENT, True)
+    return fn
+
+
+def is_measurement(block_fn: Any) -> bool:
+    """Whether gradio's BlockFunction `block_fn` runs a handler marked by `measurement`."""
+    return bool(getattr(getattr(block_fn, "fn", None), MEASUREMENT, False))
 
 
 class Fairness:
@@ -48,9 +63,14 @@ class Fairness:
         events = self.events()
         accelerator = getattr(fn, "concurrency_id", None) == ACCELERATOR
         mine = [e for e in events if session is not None and e.session_hash == session]
-        if accelerator and sum(e.concurrency_id == ACCELERATOR for e in mine) >= self.limits.session_accelerator_events:
-            return ("This session already has a run or measurement waiting or running: "
-                    "wait for it to finish (or press Stop) before starting another.")
+        if accelerator:
+            kind = is_measurement(fn)
+            alike = sum(e.concurrency_id == ACCELERATOR and is_measurement(e.fn) == kind for e in mine)
+            if alike >= self.limits.session_accelerator_events:
+                if kind:
+                    return "This page is still measuring how long a run takes: wait a few seconds."
+                return ("This session already has a run waiting or running: "
+                        "wait for it to finish (or press Stop) before starting another.")
         if len(mine) >= self.limits.session_events:
             return f"This session already has {len(mine)} requests waiting or running: wait for them to finish."
         # An address's share counts what waits: that is what fills the queue (what runs is bounded by

@@ -14,8 +14,8 @@ by whoever deploys it:
     JP_MAX_SESSIONS  sessions gradio keeps a record of (~0.2 MB each, never freed otherwise);
                      beyond it the least recently used one is dropped, runs and all
     JP_SESSION_EVENTS              events one session may have waiting or running at once
-    JP_SESSION_ACCELERATOR_EVENTS  of those, events that train or measure (a run, and the page's
-                                   own duration estimate beside it)
+    JP_SESSION_ACCELERATOR_EVENTS  of those, events that train; and, counted apart, as many of
+                                   the page's own duration estimates (demo.app.fairness)
     JP_CLIENT_EVENTS               events one client address may have waiting (a client makes
                                    fresh sessions for free); default half the queue, at least 2
     JP_LISTEN_GRACE  seconds an event may wait for its client to listen before it is dropped

@@ -94,6 +94,7 @@ def run_limit_s(cfg: RunConfig) -> float | None:
 def follow(cfg: RunConfig, run_id: int, stop: threading.Event) -> Iterator[Tick]:
     """Run `cfg` as run `run_id` in a worker thread; the ticks a handler shows, ending with FINAL."""
     run = {"id": run_id, "record": new_record(cfg), "weights": {}}
+    started = time.monotonic()
     past_limit = deadline(run_limit_s(cfg))
     # This run's own halt: set when it ends or is closed, so a sweep's next run starts afresh,
     # while `stop` (the visitor's Stop) ends every run of the handler.
@@ -119,7 +120,7 @@ def follow(cfg: RunConfig, run_id: int, stop: threading.Event) -> Iterator[Tick]
                 finished = run["record"]["status"] != RUNNING
                 update = pace.next(final=finished)
                 if finished:
-                    yield Tick(FINAL, run, fresh)
+                    yield Tick(FINAL, _timed(run, started), fresh)
                     return
                 if update == SKIP:
                     yield Tick(SKIP, run)
@@ -135,17 +136,26 @@ def follow(cfg: RunConfig, run_id: int, stop: threading.Event) -> Iterator[Tick]
             failed = True
         if failed:
             message = OUT_OF_MEMORY if not run["record"]["history"] else OUT_OF_MEMORY_DURING
-            yield Tick(FINAL, {**run, "record": {**run["record"], "status": "out_of_memory", "message": message}},
-                       fresh)
+            ended = {**run["record"], "status": "out_of_memory", "message": message}
+            yield Tick(FINAL, _timed({**run, "record": ended}, started), fresh)
             return
         # Stopped (the stream may end first: its worker saw Stop too): the record as it stands.
         record = kept(run["record"])
         if past_limit() and not stop.is_set():
             record = {**record, "message": f"The app's time limit ({run_limit_s(cfg):.0f} s, attacks included) was "
                                            "reached before the run finished; it is kept as it stands."}
-        yield Tick(FINAL, {**run, "record": record}, fresh)
+        yield Tick(FINAL, _timed({**run, "record": record}, started), fresh)
     finally:
         stream.close()
+
+
+def _timed(run: dict[str, Any], started: float) -> dict[str, Any]:
+    """The run with `final.run_seconds`: how long it held the accelerator in the app, from its start
+    to its last update, attacks included (the engine's `elapsed` counts its training only). The
+    status line says it, and the next estimate of its kind learns from it (Paces.observe)."""
+    record = run["record"]
+    final = {**record.get("final", {}), "run_seconds": time.monotonic() - started}
+    return {**run, "record": {**record, "final": final}}
 
 
 def visitor(request: gr.Request | None) -> str:

@@ -6,20 +6,28 @@ robustness, the attacks at its end. `Pace.seconds(steps, evaluations)` then esti
 `Pace.suggested_steps()` is the step count that fills about TARGET_S seconds: so a default run
 takes about as long on the 2-core CPU with a ViT as with an MLP, and trains longer on a GPU.
 
-The probe is bounded: it stops after PROBE_CAP_S whatever the settings (exact at 1000 classes
-takes seconds a step here), and what it did not reach in that time is extrapolated from what it
-did (an evaluation as EVALUATION_STEPS steps, the attacks as ROBUSTNESS_STEPS), and the Pace says
-so (`complete` False). Each step is timed on its own, so a Pace carries the spread of its steps
+The probe is bounded: it starts no step that would end past PROBE_CAP_S whatever the settings
+(exact at 1000 classes takes seconds a step here). When the cap comes before the evaluation and
+the attacks, those are timed apart on a run of one plain step (they cost the same whatever the
+training method), within the cap again; only what that did not reach either is extrapolated (an
+evaluation as EVALUATION_STEPS steps, the attacks as ROBUSTNESS_STEPS), and the Pace says so
+(`complete` False). Each step is timed on its own, so a Pace carries the spread of its steps
 (`step_low_s`, `step_high_s`, without the one fastest and one slowest) and the estimate is a range, not one
 optimistic figure.
 
 `Paces` keeps the measurements of one app (they describe this machine, not a visitor), keyed by
 what changes the time of a step, for STALE_S seconds: after that the next estimate measures
-again, so a machine that got busier (or freer) shows in the numbers.
+again, so a machine that got busier (or freer) shows in the numbers. A probe sees the machine for
+a few seconds; a run a minute later meets another load, and pays what the probe does not (building
+the run, the page's own updates). So `Paces.observe` takes each run of the kind that finished in
+the app: its step time as the run measured it, and the seconds it took beyond its steps,
+evaluations and attacks. Later estimates of the kind span both the probe's range and that run
+(`Pace.observed_step_s`, `Pace.extra_s`), until the kind is measured again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import threading
@@ -28,7 +36,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from demo.engine.config import RunConfig
-from demo.engine.train import Evaluation, Progress, Robustness, train
+from demo.engine.train import Evaluation, Robustness, train
 
 __all__ = ["Pace", "Paces", "measure", "nice_steps"]
 
@@ -51,23 +59,37 @@ class Pace:
     robustness_s: float  # the attacks at the end (0 when the run does not measure robustness)
     step_low_s: float | None = None  # the fastest and slowest timed step: the spread of step_s
     step_high_s: float | None = None
-    complete: bool = True  # False: the probe's cap came first and some parts are extrapolated
+    complete: bool = True  # False: the cap came first and the evaluation or the attacks are extrapolated
+    timed_steps: int = PROBE_STEPS  # how many steps step_s comes from (fewer when the cap came first)
     measured_at: float = 0.0  # time.monotonic() of the measurement
+    # From the last run of this kind that finished in the app (Paces.observe), None/0 before one:
+    observed_step_s: float | None = None  # its step time, as the run itself measured it
+    extra_s: float = 0.0  # the seconds it took beyond its steps, evaluations and attacks
 
     def seconds(self, steps: int, evaluations: int) -> float:
-        return steps * self.step_s + evaluations * self.evaluation_s + self.robustness_s
+        step = self.observed_step_s if self.observed_step_s is not None else self.step_s
+        return steps * step + evaluations * self.evaluation_s + self.robustness_s + self.extra_s
+
+    def step_range(self) -> tuple[float, float]:
+        """(fastest, slowest) step time: the spread of the timed steps (step_s when unknown), widened
+        to the step time of the last run of the kind when one finished here."""
+        seen = [self.step_low_s if self.step_low_s is not None else self.step_s,
+                self.step_high_s if self.step_high_s is not None else self.step_s]
+        if self.observed_step_s is not None:
+            seen.append(self.observed_step_s)
+        return min(seen), max(seen)
 
     def seconds_range(self, steps: int, evaluations: int) -> tuple[float, float]:
-        """(low, high) seconds from the spread of the timed steps (one figure when unknown)."""
-        low = self.step_low_s if self.step_low_s is not None else self.step_s
-        high = self.step_high_s if self.step_high_s is not None else self.step_s
-        rest = evaluations * self.evaluation_s + self.robustness_s
+        """(low, high) seconds: `step_range` times the steps, and the rest."""
+        low, high = self.step_range()
+        rest = evaluations * self.evaluation_s + self.robustness_s + self.extra_s
         return steps * low + rest, steps * high + rest
 
     def suggested_steps(self, evaluations_per_run: int, target_s: float = TARGET_S) -> int:
         """The step count whose run takes about `target_s` (between MIN_STEPS and MAX_STEPS)."""
-        budget = max(target_s - self.robustness_s - evaluations_per_run * self.evaluation_s, 0.0)
-        return nice_steps(budget / max(self.step_s, 1e-6))
+        budget = max(target_s - self.robustness_s - evaluations_per_run * self.evaluation_s - self.extra_s, 0.0)
+        step = self.observed_step_s if self.observed_step_s is not None else self.step_s
+        return nice_steps(budget / max(step, 1e-6))
 
 
 def nice_steps(steps: float) -> int:
@@ -86,24 +108,32 @@ def key(cfg: RunConfig) -> tuple:
 
 def measure(cfg: RunConfig, cap_s: float = PROBE_CAP_S) -> Pace:
     """Time up to PROBE_STEPS steps, one evaluation and (if asked) the robustness report of `cfg`,
-    stopping after `cap_s` seconds; what the cap cut is extrapolated (see the module docstring)."""
+    within about `cap_s` seconds; what the cap cut is measured apart or extrapolated (see the module
+    docstring)."""
     steps = WARMUP_STEPS + PROBE_STEPS
     probe = cfg.replace(steps=steps, report_every=1, eval_every=steps, time_budget=0.0, thorough=False)
-    start = last = time.perf_counter()
-    step_times: list[float] = []
-    evaluation_s = robustness_s = None
-    for event in train(probe, stop=lambda: time.perf_counter() - start > cap_s):
+    # The engine asks `stop` once after every step, which times the steps whatever the run reports;
+    # after training the attacks ask it between their levels, where the plain cap applies.
+    ends: list[float] = []
+    training = [True]
+    start = time.perf_counter()
+
+    def stop() -> bool:
         now = time.perf_counter()
-        if isinstance(event, Progress) and event.step > WARMUP_STEPS:
-            step_times.append(now - last)
-        elif isinstance(event, Evaluation):
-            evaluation_s = now - last
-        elif isinstance(event, Robustness):
-            robustness_s = now - last
-        last = now
-    if not step_times:  # the cap (or a divergence) came within the warm-up: time what ran
-        step_times = [(time.perf_counter() - start) / WARMUP_STEPS]
+        if not training[0]:
+            return now - start > cap_s
+        last = now - (ends[-1] if ends else start)
+        ends.append(now)
+        return now - start + last > cap_s  # another step like the last one would end past the cap
+
+    evaluation_s, robustness_s = _after_training(train(probe, stop=stop), training)
+    durations = [b - a for a, b in zip([start, *ends], ends, strict=False)]
+    # The first steps pay for allocation and kernel choice (the first, also for building the run);
+    # a probe cut before the timed steps keeps what it has, the latest steps first.
+    step_times = durations[WARMUP_STEPS:] or durations[1:] or durations
     step_s = statistics.median(step_times)
+    if evaluation_s is None or (cfg.robustness and robustness_s is None):
+        evaluation_s, robustness_s = _after_training_apart(cfg, cap_s, evaluation_s, robustness_s)
     complete = evaluation_s is not None and (robustness_s is not None or not cfg.robustness)
     return Pace(
         step_s=step_s,
@@ -112,9 +142,43 @@ def measure(cfg: RunConfig, cap_s: float = PROBE_CAP_S) -> Pace:
         if cfg.robustness else 0.0,
         step_low_s=_spread(step_times)[0],
         step_high_s=_spread(step_times)[1],
-        complete=complete and len(step_times) >= PROBE_STEPS,
+        complete=complete,
+        timed_steps=len(step_times),
         measured_at=time.monotonic(),
     )
+
+
+def _after_training(events, training: list[bool] | None = None) -> tuple[float | None, float | None]:
+    """(evaluation seconds, robustness seconds) of a run's events, None for what it did not reach;
+    `training[0]` turns False once training is over (at the first evaluation)."""
+    evaluation_s = robustness_s = None
+    last = time.perf_counter()
+    for event in events:
+        now = time.perf_counter()
+        if isinstance(event, Evaluation):
+            evaluation_s = now - last
+            if training is not None:
+                training[0] = False
+        elif isinstance(event, Robustness):
+            robustness_s = now - last
+        last = now
+    return evaluation_s, robustness_s
+
+
+def _after_training_apart(cfg: RunConfig, cap_s: float, evaluation_s: float | None,
+                          robustness_s: float | None) -> tuple[float | None, float | None]:
+    """The evaluation and the attacks of `cfg` timed on a run of one plain step, when the probe's
+    cap came before them. Neither depends on how the model was trained (the evaluation's exact ‖J‖
+    and the attacks cost the same after a penalised step or a plain one), and extrapolating them
+    from a penalised step made them cost what exact's steps cost: 25 min of attacks for exact at
+    1000 classes, whose attacks take about a second."""
+    # λ = 0 reports the method's estimate of ‖J‖ on its report step: projection's costs little.
+    one = cfg.replace(penalty=0.0, method="projection", steps=1, report_every=1, eval_every=1, time_budget=0.0,
+                      thorough=False)
+    start = time.perf_counter()
+    found = _after_training(train(one, stop=lambda: time.perf_counter() - start > cap_s))
+    return (evaluation_s if evaluation_s is not None else found[0],
+            robustness_s if robustness_s is not None else found[1])
 
 
 def _spread(times: list[float]) -> tuple[float, float]:
@@ -145,6 +209,24 @@ class Paces:
             while len(self._known) > CACHE:
                 self._known.popitem(last=False)
         return pace
+
+    def observe(self, cfg: RunConfig, record: dict) -> None:
+        """A run of `cfg` finished in the app, whole (`record`, with its `run_seconds`): later estimates
+        of its kind include its step time and what it took beyond its parts. Nothing when its kind
+        is not measured (or no longer), or the record lacks what this needs."""
+        windows = [cfg.batch_size / r["samples_per_s"] for r in record.get("history", ())
+                   if r.get("samples_per_s", 0) > 0]
+        seconds = record.get("final", {}).get("run_seconds")
+        if not windows or seconds is None:
+            return
+        step_s = statistics.median(windows)  # a window that held an evaluation is the odd one out
+        k = key(cfg)
+        with self._lock:
+            known = self._known.get(k)
+            if known is None or time.monotonic() - known.measured_at >= STALE_S:
+                return
+            parts = cfg.steps * step_s + cfg.evaluations() * known.evaluation_s + known.robustness_s
+            self._known[k] = dataclasses.replace(known, observed_step_s=step_s, extra_s=max(seconds - parts, 0.0))
 
     def cached(self, cfg: RunConfig) -> Pace | None:
         with self._lock:

@@ -401,3 +401,44 @@ def test_two_trains_of_one_session_at_once_keep_two_runs_with_their_own_ids(tmp_
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_train_pressed_while_the_page_still_measures_is_queued_not_refused(tmp_path):
+    """The estimate under Steps probes for seconds in the accelerator's line; a Train pressed
+    meanwhile waits behind it. Before, the session's share counted the page's measurements as runs,
+    and that Train met "a run or measurement waiting" (here: two estimates, the default share)."""
+    process, url = start_app(tmp_path, tmp_path / "server.log")
+    try:
+        config = httpx.get(url + "config", timeout=30).json()
+        hint = next(c["id"] for c in config["components"] if "jp-estimate" in str(c.get("props", {}).get("value")))
+        estimate = next(d for d in config["dependencies"] if d["outputs"] == [hint])
+        train = next(d for d in config["dependencies"] if d.get("api_name") == "train")
+        slow = {"dataset": "digits", "arch": "vit", "penalty": 0.01, "method": "exact", "num_projections": 1,
+                "target": "logits", "steps": 300, "batch_size": 32, "device": "cpu", "robustness": True,
+                "num_classes": 100}  # duration.TIMED_FIELDS: a probe of seconds
+
+        def join(dependency, values):
+            body = json.dumps({"data": values, "fn_index": dependency["id"], "session_hash": "hurried",
+                               "trigger_id": dependency["targets"][0][0], "event_data": None})
+            return httpx.post(url + "gradio_api/queue/join", content=body,
+                              headers={"content-type": "application/json"}, timeout=30)
+
+        for _ in range(2):  # a change of settings, and another while the first still measures
+            assert join(estimate, list(slow.values())).status_code == 200
+        trained = join(train, [None, *TRAIN.values()])
+        assert trained.status_code == 200, trained.text[:300]
+        third = join(estimate, list(slow.values()))  # measurements have their own share
+        assert third.status_code == 429 and "measuring" in detail(third)
+        with httpx.stream("GET", url + "gradio_api/queue/data", params={"session_hash": "hurried"},
+                          timeout=300) as stream:
+            lines = stream.iter_lines()
+            done = []
+            while len(done) < 3:
+                line = until(lines, lambda line: "process_completed" in line, 240)
+                done.append(json.loads(line.split("data:", 1)[1]))
+        assert all(d.get("success") for d in done), [str(d)[:300] for d in done]
+        assert any("Finished 20 steps" in str(d) for d in done), [str(d)[:300] for d in done]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert "Traceback" not in (tmp_path / "server.log").read_text()

@@ -266,6 +266,104 @@ def test_a_probe_cut_by_its_cap_extrapolates_and_says_so():
     assert whole.complete and whole.step_low_s <= whole.step_s <= whole.step_high_s
 
 
+def slow_engine(monkeypatch, *, penalised_s: float, plain_s: float, evaluation_s: float, attacks_s: float):
+    """pace's `train` replaced by a stand-in whose parts take known times (slept): a penalised step,
+    a plain one (λ = 0), the evaluation and the attacks; returns the list of steps it took, as
+    (penalised, step)."""
+    taken = []
+
+    def fake_train(cfg, stop=None):
+        for step in range(1, cfg.steps + 1):
+            time.sleep(penalised_s if cfg.penalty > 0 else plain_s)
+            taken.append((cfg.penalty > 0, step))
+            if stop is not None and stop():
+                return
+        time.sleep(evaluation_s)
+        yield object.__new__(Evaluation)
+        if cfg.robustness:
+            time.sleep(attacks_s)
+            yield object.__new__(pace.Robustness)
+
+    monkeypatch.setattr(pace, "train", fake_train)
+    return taken
+
+
+def test_a_probe_starts_no_step_that_would_end_past_its_cap(monkeypatch):
+    taken = slow_engine(monkeypatch, penalised_s=0.3, plain_s=0.001, evaluation_s=0.01, attacks_s=0.01)
+    pace.measure(RunConfig(robustness=True), cap_s=0.5)
+    # After the first step (0.3 s) a second would end at 0.6 s, past the cap: one penalised step.
+    assert [step for penalised, step in taken if penalised] == [1]
+
+
+def test_a_probe_cut_by_its_cap_times_the_evaluation_and_attacks_on_a_plain_step(monkeypatch):
+    """Exact at 1000 classes: a step of seconds, attacks of about one. Extrapolated from the step,
+    the attacks cost ROBUSTNESS_STEPS of them (25 min), and no step count could fit the limit."""
+    slow_engine(monkeypatch, penalised_s=0.3, plain_s=0.001, evaluation_s=0.05, attacks_s=0.1)
+    measured = pace.measure(RunConfig(robustness=True), cap_s=0.5)
+    assert measured.complete and measured.timed_steps == 1
+    # The stand-in's own times (slept: at least that, far below a step's multiples).
+    assert 0.05 <= measured.evaluation_s < pace.EVALUATION_STEPS * measured.step_s / 2
+    assert 0.1 <= measured.robustness_s < pace.ROBUSTNESS_STEPS * measured.step_s / 2
+    # A step count that the refusal offers does fit.
+    cfg = controls_view.config_from({"steps": 2000, "robustness": True}, Limits(max_seconds=60.0))
+    fits = duration.fitting_steps(cfg, measured)
+    assert fits > 1 and not duration._beyond(cfg.replace(steps=fits), measured, 0)
+    assert "measured on one step" in duration.describe(cfg, measured)
+
+
+def finished_record(cfg: RunConfig, step_s: float, run_seconds: float) -> dict:
+    """A finished run's record as the app keeps it: reports every 100 steps at `step_s` a step."""
+    history = [{"step": s, "samples_per_s": cfg.batch_size / step_s} for s in range(100, cfg.steps + 1, 100)]
+    return {"history": history, "final": {"steps": cfg.steps, "run_seconds": run_seconds}, "status": "completed"}
+
+
+def test_an_estimate_learns_from_the_last_run_of_its_kind():
+    """The probe sees the machine for a few seconds; the run after it met another load and paid for
+    building itself. The next estimate of the kind spans both."""
+    cfg = RunConfig(steps=300, robustness=False)
+    paces = pace.Paces()
+    probed = pace.Pace(step_s=0.002, evaluation_s=0.05, robustness_s=0.0, step_low_s=0.0018, step_high_s=0.0022,
+                       measured_at=time.monotonic())
+    paces._known[pace.key(cfg)] = probed
+    before = probed.seconds_range(cfg.steps, cfg.evaluations())
+    # The run took twice the probe's step time, and 0.7 s besides its steps and evaluations.
+    parts = cfg.steps * 0.004 + cfg.evaluations() * 0.05
+    paces.observe(cfg, finished_record(cfg, step_s=0.004, run_seconds=parts + 0.7))
+    learned = paces.cached(cfg)
+    assert learned.observed_step_s == pytest.approx(0.004) and learned.extra_s == pytest.approx(0.7)
+    low, high = learned.seconds_range(cfg.steps, cfg.evaluations())
+    assert high == pytest.approx(parts + 0.7)  # that run, as it went
+    assert low == pytest.approx(before[0] + 0.7)  # the probe's fast end, plus what every run pays
+    # A longer run of the kind: its steps at the observed pace, the 0.7 s once.
+    longer = cfg.replace(steps=3000)
+    assert learned.seconds_range(3000, longer.evaluations())[1] == pytest.approx(
+        3000 * 0.004 + longer.evaluations() * 0.05 + 0.7)
+    assert "the last run like it here: 4 ms a step" in duration.describe(cfg, learned)
+    # A run without the app's timing, or of a kind no longer measured, teaches nothing.
+    other = cfg.replace(arch="lenet")
+    paces.observe(other, finished_record(other, 0.004, 3.0))
+    assert paces.cached(other) is None
+    record = finished_record(cfg, 0.5, 9.0)
+    del record["final"]["run_seconds"]
+    paces.observe(cfg, record)
+    assert paces.cached(cfg) == learned
+
+
+def test_train_times_the_whole_run_and_the_next_estimate_includes_it():
+    handlers = handler()
+    values = train_values(steps=30)
+    cfg = controls_view.config_from(values, handlers.space)
+    start = time.monotonic()
+    *_, (session, status, _curves, _field) = handlers.train(None, values, request=None)
+    wall = time.monotonic() - start
+    final = session["runs"][-1]["record"]["final"]
+    assert final["elapsed"] <= final["run_seconds"] <= wall  # training only < the run < the handler
+    assert f"Finished 30 steps in {final['run_seconds']:.1f} s" in status
+    learned = handlers.paces.cached(cfg)
+    assert learned.observed_step_s is not None
+    assert "the last run like it here" in duration.describe(cfg, learned)
+
+
 def test_the_estimate_is_a_range_from_the_spread_of_the_timed_steps():
     cfg = controls_view.config_from({"steps": 1000, "robustness": False}, Limits())
     measured = pace.Pace(step_s=0.01, evaluation_s=0.0, robustness_s=0.0, step_low_s=0.008, step_high_s=0.02)

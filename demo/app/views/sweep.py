@@ -31,7 +31,7 @@ from demo.budget.pace import Paces
 from demo.engine import data
 from demo.engine import sweep as sweeps
 from demo.engine.config import MAX_PENALTY, REGULARIZERS
-from demo.engine.record import STOPPED
+from demo.engine.record import COMPLETED, STOPPED
 from demo.engine.train import resolve_device
 
 __all__ = ["Handlers", "SweepView", "parse_strengths", "wire"]
@@ -118,6 +118,8 @@ class Handlers:
                         yield (self.live.with_run(visitor(request), session, tick.run),
                                _status(index, len(configs), tick.run["record"], total_time=total), gr.skip(), gr.skip())
                     else:  # FINAL: finished, or stopped
+                        if tick.run["record"]["status"] == COMPLETED:
+                            self.paces.observe(cfg, tick.run["record"])
                         session = self.live.with_run(visitor(request), session, tick.run)
                         records.append(tick.run["record"])
                         rows = sweeps.table(records, epsilon)

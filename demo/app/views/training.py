@@ -18,7 +18,7 @@ from demo.app import controls as controls_view
 from demo.app import duration, inputs, inspection, limits, plots
 from demo.app import session as sessions
 from demo.app.controls import POINT_SETS
-from demo.app.running import follow, visitor, wire_stop
+from demo.app.running import FINAL, follow, visitor, wire_stop
 from demo.app.streaming import ACCELERATOR, SKIP, StopRequests
 from demo.budget.memory import Estimator
 from demo.budget.pace import Paces
@@ -75,8 +75,10 @@ class Handlers:
             for tick in follow(cfg, run_id, stop):
                 if tick.kind == SKIP:
                     yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
-                else:
-                    yield self._update(visitor(request), session, tick.run, points if tick.fresh else None)
+                    continue
+                if tick.kind == FINAL and tick.run["record"]["status"] == COMPLETED:
+                    self.paces.observe(cfg, tick.run["record"])  # the next estimate of its kind learns from it
+                yield self._update(visitor(request), session, tick.run, points if tick.fresh else None)
 
     def _admit(self, cfg: RunConfig) -> data.Dataset | None:
         """The run's 2-D test points (None for images), or a refusal in plain words (gr.Error)."""
@@ -147,7 +149,8 @@ def status_html(run: dict[str, Any]) -> str:
     elif status == STOPPED:
         outcome = f"Stopped at step {step} of {cfg['steps']}; the partial run is kept (see Runs)"
     elif status == COMPLETED:
-        outcome = f"Finished {step} step{'' if step == 1 else 's'} in {final.get('elapsed', 0):.1f} s"
+        seconds = final.get("run_seconds", final.get("elapsed", 0))  # the whole run, attacks included
+        outcome = f"Finished {step} step{'' if step == 1 else 's'} in {seconds:.1f} s"
         if record.get("message"):  # completed, but collapsed to chance: say so beside the numbers
             outcome += f". {html.escape(record['message'])}"
     else:
