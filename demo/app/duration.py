@@ -138,23 +138,36 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min"
 
 
+def brief(cfg: RunConfig, pace: Pace) -> str:
+    """The estimate in one short sentence, beside Train on a phone (the whole line is in Settings)."""
+    low, high = pace.seconds_range(cfg.steps, cfg.evaluations())
+    span = _duration(low) if _duration(low) == _duration(high) else f"{_duration(low)} to {_duration(high)}"
+    text = f"Estimated: about {span} here"
+    if _beyond(cfg, pace, 0):
+        text += f", past this app's limit of {_duration(cfg.time_budget)}: {_fit(fitting_steps(cfg, pace))}"
+    elif _beyond(cfg, pace, 1):
+        text += f"; this app may stop it at {_duration(cfg.time_budget)}"
+    return text + "."
+
+
 def estimate(*values: Any, space: limits.Limits, paces: Paces, memory: Estimator):
-    """The line under Steps: "Measuring…" first when a probe must run, then the estimate. Never an
-    error toast: while someone types, a half-made value is normal."""
+    """(line under Steps, brief line beside Train): "Measuring…" first when a probe must run, then
+    the estimate. Never an error toast: while someone types, a half-made value is normal."""
     try:
         cfg = _config(dict(zip(TIMED_FIELDS, values, strict=True)), space)
         if paces.cached(cfg) is None:
-            yield _line(f"Measuring how long {cfg.dataset} · {cfg.arch} · {cfg.method} takes here "
-                        f"(a few steps, at most {pace_module.PROBE_CAP_S:g} s)…")
-        yield _line(describe(cfg, _pace(cfg, paces, memory)))
+            yield _lines(f"Measuring how long {cfg.dataset} · {cfg.arch} · {cfg.method} takes here "
+                         f"(a few steps, at most {pace_module.PROBE_CAP_S:g} s)…", "Measuring how long this run takes…")
+        pace = _pace(cfg, paces, memory)
+        yield _lines(describe(cfg, pace), brief(cfg, pace))
     except (ConfigError, data.DatasetUnavailable) as exc:
-        yield _line(f"No estimate: {exc}")
+        yield _lines(f"No estimate: {exc}", "No estimate: see the line under Steps in Settings.")
 
 
 def fit(*values: Any, space: limits.Limits, paces: Paces, memory: Estimator):
-    """Another dataset or architecture: (proposal, line). The proposal is the count that fits a
-    short run, or None where Steps no longer holds the page's last suggestion (the last value; at
-    first the default): a count the visitor typed, or a shared link set, is theirs and stays.
+    """Another dataset or architecture: (proposal, line, brief line). The proposal is the count that
+    fits a short run, or None where Steps no longer holds the page's last suggestion (the last value;
+    at first the default): a count the visitor typed, or a shared link set, is theirs and stays.
     `adopt` then decides with Steps as it is when the measurement is done."""
     *values, suggested = values
     chosen = dict(zip(TIMED_FIELDS, values, strict=True))
@@ -162,11 +175,12 @@ def fit(*values: Any, space: limits.Limits, paces: Paces, memory: Estimator):
         cfg = _config(chosen, space)
         pace = _pace(cfg, paces, memory)
         if not _same(chosen["steps"], suggested):
-            return None, _line(describe(cfg, pace))
+            return None, *_lines(describe(cfg, pace), brief(cfg, pace))
         steps = min(pace.suggested_steps(cfg.evaluations()), space.max_steps)
-        return steps, _line(describe(_config({**chosen, "steps": steps}, space), pace))
+        fitted = _config({**chosen, "steps": steps}, space)
+        return steps, *_lines(describe(fitted, pace), brief(fitted, pace))
     except (ConfigError, data.DatasetUnavailable) as exc:
-        return None, _line(f"No estimate: {exc}")
+        return None, *_lines(f"No estimate: {exc}", "No estimate: see the line under Steps in Settings.")
 
 
 def adopt(steps: Any, suggested: Any, proposal: int | None):
@@ -185,12 +199,16 @@ def _same(a: Any, b: Any) -> bool:
         return False
 
 
-def _line(text: str) -> str:
-    return f'<div class="jp-hint jp-estimate">{html.escape(text)}</div>'
+def _lines(text: str, short: str) -> tuple[str, str]:
+    return (f'<div class="jp-hint jp-estimate">{html.escape(text)}</div>',
+            f'<div class="jp-hint jp-brief">{html.escape(short)}</div>')
 
 
 def wire(controls: controls_view.Controls, space: limits.Limits, paces: Paces, memory: Estimator,
-         load: Any) -> None:
+         load: Any, brief_line: Any, after: tuple = ()) -> None:
+    """The line under Steps (and `brief_line`, beside Train) on load, on every change of what
+    times a run, and after each event in `after` (Train, Sweep: the estimate learns from the runs
+    they finish); Steps fitted to a new dataset or architecture."""
     inputs = [getattr(controls, name) for name in TIMED_FIELDS]
     common = dict(api_visibility="private", concurrency_id=ACCELERATOR, trigger_mode="always_last",
                   show_progress="hidden")
@@ -198,11 +216,14 @@ def wire(controls: controls_view.Controls, space: limits.Limits, paces: Paces, m
     suggested = gr.State(RunConfig.steps, time_to_live=space.session_ttl)  # the count the page last put in Steps
     proposal = gr.State(None, time_to_live=space.session_ttl)  # fit's count, until adopt takes it or not
     gr.on([controls.dataset.change, controls.arch.change], _bind(fit, deps), [*inputs, suggested],
-          [proposal, controls.estimate], **common
+          [proposal, controls.estimate, brief_line], **common
           ).then(adopt, [controls.steps, suggested, proposal], [controls.steps, suggested], api_visibility="private",
                  show_progress="hidden", concurrency_limit=None)
     changes = [getattr(controls, name).change for name in TIMED_FIELDS if name not in ("dataset", "arch")]
-    gr.on([load, *changes], _bind(estimate, deps), inputs, controls.estimate, **common)
+    gr.on([load, *changes], _bind(estimate, deps), inputs, [controls.estimate, brief_line], **common)
+    for event in after:
+        event.then(_bind(estimate, deps), inputs, [controls.estimate, brief_line], api_visibility="private",
+                   concurrency_id=ACCELERATOR, show_progress="hidden")
 
 
 def _bind(fn, deps):

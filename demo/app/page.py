@@ -1,8 +1,8 @@
 """The page around the views: its CSS, and the script that fits figures to a phone.
 
 Phones (narrower than NARROW_PX): the Settings fold when the page opens (the tabs come first),
-Train, Stop and the status line stay fixed at the bottom of the
-screen, so a run can be started and stopped from anywhere in the long single column; and a figure
+Train, Stop, the status line and the estimate in short stay fixed at the bottom of the screen,
+so a run can be started, timed and stopped from anywhere in the long single column; and a figure
 whose panels stand side by side (training curves, attacks, costs) is redrawn with its panels
 stacked, each full width, so titles and ticks no longer overlap. Stacked panels each show their y
 numbers (side by side, panels that share a y axis show them once), x tick labels stay horizontal
@@ -32,6 +32,8 @@ CSS = f"""
 .jp-status progress, .jp-sweep-status progress {{ width: 12em; vertical-align: middle; margin-right: 0.5em; }}
 .jp-hint {{ font-size: 0.85em; opacity: 0.8; }}
 .jp-estimate {{ padding: 0 4px; }}
+/* the estimate in short, beside Train: a phone's only (its full line is in the folded Settings) */
+#jp-estimate-brief {{ display: none; }}
 /* the λ presets: six short buttons stay on one row, however narrow the settings column */
 .jp-presets {{ flex-wrap: nowrap !important; gap: 4px !important; }}
 .jp-presets > button {{ min-width: 0 !important; flex: 1 1 0 !important; padding-left: 2px !important;
@@ -50,6 +52,10 @@ CSS = f"""
   }}
   #jp-actions .jp-status {{ max-height: 4.5em; overflow-y: auto; font-size: 0.85em; }}
   #jp-actions .jp-status progress {{ width: 5em; }}
+  #jp-actions {{ gap: 2px !important; }}
+  #jp-actions .html-container {{ padding: 2px 4px !important; }}
+  #jp-actions #jp-estimate-brief {{ display: block; padding: 0 2px; margin: 0; }}
+  #jp-actions .jp-brief {{ font-size: 0.8em; }}
   .gradio-container {{ padding-bottom: 9em !important; }}
   /* plotly's toolbar sat over the plot's label ("Training curves") at this width; a double tap
      still resets the zoom */

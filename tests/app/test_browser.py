@@ -588,8 +588,12 @@ def test_on_a_phone_train_stays_in_reach_and_panels_stack(browser, server, probl
         expect(settings).not_to_have_class(re.compile(r"\bopen\b"), timeout=VIEW_MS)
         assert page.get_by_role("tablist").first.bounding_box()["y"] < 1.5 * PHONE["height"]
         assert in_view(page, train_button(page))  # at the top of a long single column ...
+        # ... with the estimate beside it, in short (its whole line is in the folded Settings)
+        brief = page.locator("#jp-estimate-brief")
+        expect(brief).to_contain_text(re.compile(r"Estimated: about [\d.]+ s"), timeout=RUN_MS)
+        assert in_view(page, brief)
         page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
-        assert in_view(page, train_button(page))  # ... and at its bottom
+        assert in_view(page, train_button(page)) and in_view(page, brief)  # ... and at its bottom
         settings.click()  # one tap opens them
         assert_presets_in_one_row(page)
         control(page, "Steps").fill(str(STEPS))
@@ -621,6 +625,7 @@ def test_settings_say_how_long_a_run_takes_and_refusals_leave_the_page_as_it_was
     try:
         about = r"about [\d.]+ s( to [\d.]+ s)? here on the"
         expect(estimate(page)).to_contain_text(re.compile(rf"digits · mlp · 1500 steps: {about}"), timeout=VIEW_MS)
+        expect(page.locator("#jp-estimate-brief")).to_be_hidden()  # a phone's: here the line is in view
         assert_presets_in_one_row(page)
         # Another architecture: Steps becomes the count that fits a short run, measured here.
         choose(page, page, "Architecture", "lenet")

@@ -219,30 +219,35 @@ def fit(steps, suggested, **changes):
 
 
 def test_another_architecture_gets_the_steps_that_fit_unless_the_visitor_chose_their_own():
-    proposal, line = fit(1500, 1500, arch="lenet")  # Steps still holds the page's suggestion
+    proposal, line, _ = fit(1500, 1500, arch="lenet")  # Steps still holds the page's suggestion
     assert isinstance(proposal, int)
     duration_text = r"[\d.]+ (s|min)( to [\d.]+ (s|min))?"
     assert re.search(rf"digits · lenet · {proposal} steps: about {duration_text} here on the CPU", line)
     assert duration.adopt(1500, 1500, proposal) == (proposal, proposal)  # taken: the new suggestion
     # The visitor typed 777 while it measured: theirs stays (gr.skip() leaves a component alone).
     assert not any(isinstance(v, int) for v in duration.adopt(777, 1500, proposal))
-    no_proposal, line = fit(777, 1500, arch="lenet")  # typed before it measured: nothing to propose
+    no_proposal, line, _ = fit(777, 1500, arch="lenet")  # typed before it measured: nothing to propose
     assert no_proposal is None and "lenet · 777 steps" in line
     assert not any(isinstance(v, int) for v in duration.adopt(777, 1500, no_proposal))
 
 
 def test_the_estimate_says_why_not_instead_of_failing():
     values = {**TRAIN_VALUES, "steps": -3, "robustness": False, "num_classes": 100}
-    [line] = duration.estimate(*[values[name] for name in duration.TIMED_FIELDS], space=Limits(),
-                               paces=pace.Paces(), memory=Estimator())
-    assert "No estimate" in line and "steps" in line
+    [(line, short)] = duration.estimate(*[values[name] for name in duration.TIMED_FIELDS], space=Limits(),
+                                        paces=pace.Paces(), memory=Estimator())
+    assert "No estimate" in line and "steps" in line and "No estimate" in short
 
 
 def test_the_estimate_warns_when_the_app_would_stop_the_run_first():
     cfg = controls_view.config_from({"steps": 1000}, Limits(max_seconds=1.0))
-    text = duration.describe(cfg, pace.Pace(step_s=0.01, evaluation_s=0.0, robustness_s=0.0))
+    measured = pace.Pace(step_s=0.01, evaluation_s=0.0, robustness_s=0.0)
+    text = duration.describe(cfg, measured)
     assert "stops a run after 1.0 s" in text
     assert math.isclose(float(re.search(r"about ([\d.]+) s", text).group(1)), 10.0)
+    # The brief line beside Train says the same, with what fits.
+    short = duration.brief(cfg, measured)
+    fits = duration.fitting_steps(cfg, measured)
+    assert short == f"Estimated: about 10 s here, past this app's limit of 1.0 s: about {fits} steps fit."
 
 
 def test_the_estimate_says_measuring_first_and_then_uses_the_fresh_measurement():
@@ -250,7 +255,8 @@ def test_the_estimate_says_measuring_first_and_then_uses_the_fresh_measurement()
     args = [values[name] for name in duration.TIMED_FIELDS]
     paces = pace.Paces()
     first = list(duration.estimate(*args, space=Limits(), paces=paces, memory=Estimator()))
-    assert len(first) == 2 and "Measuring how long moons" in first[0] and "about" in first[1]
+    assert len(first) == 2 and "Measuring how long moons" in first[0][0] and "about" in first[1][0]
+    assert "Measuring" in first[0][1] and "Estimated: about" in first[1][1]  # beside Train, in short
     again = list(duration.estimate(*args, space=Limits(), paces=paces, memory=Estimator()))
     assert again == [first[1]]  # measured a moment ago: no probe, no "measuring"
 

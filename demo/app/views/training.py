@@ -45,6 +45,7 @@ class TrainingView:
     train: gr.Button
     stop: gr.Button
     status: gr.HTML
+    estimate: gr.HTML  # the estimate in short, beside Train on a phone (demo.app.duration)
     curves: gr.Plot
     field: gr.Plot
 
@@ -191,14 +192,16 @@ def _field_visibility(dataset: str):
 # Layout
 
 
-def layout_buttons() -> tuple[gr.Button, gr.Button, gr.HTML]:
-    # "jp-actions": on a phone, fixed at the bottom of the screen (demo.app.page).
+def layout_buttons() -> tuple[gr.Button, gr.Button, gr.HTML, gr.HTML]:
+    # "jp-actions": on a phone, fixed at the bottom of the screen (demo.app.page), with the
+    # estimate in short: the line under Steps is then inside the folded Settings.
     with gr.Column(elem_id="jp-actions"):
         with gr.Row():
             train_button = gr.Button("Train", variant="primary", scale=2, min_width=80)
             stop = gr.Button("Stop", variant="stop", scale=1, min_width=60)
         status = gr.HTML('<div class="jp-status">Choose settings and press Train.</div>')
-    return train_button, stop, status
+        estimate = gr.HTML("", elem_id="jp-estimate-brief")
+    return train_button, stop, status, estimate
 
 
 def layout_tab(defaults: RunConfig, buttons: tuple[gr.Button, gr.Button, gr.HTML]) -> TrainingView:
