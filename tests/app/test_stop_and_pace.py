@@ -272,11 +272,20 @@ def test_a_probe_cut_by_its_cap_extrapolates_and_says_so():
     assert whole.complete and whole.step_low_s <= whole.step_s <= whole.step_high_s
 
 
-def slow_engine(monkeypatch, *, penalised_s: float, plain_s: float, evaluation_s: float, attacks_s: float):
+def slow_engine(monkeypatch, *, penalised_s: float, plain_s: float, evaluation_s: float, attacks_s: float,
+                first_evaluation_s: float | None = None):
     """pace's `train` replaced by a stand-in whose parts take known times (slept): a penalised step,
-    a plain one (λ = 0), the evaluation and the attacks; returns the list of steps it took, as
-    (penalised, step)."""
+    a plain one (λ = 0), the evaluation (the process's first: `first_evaluation_s`) and the attacks;
+    returns the list of steps it took, as (penalised, step)."""
     taken = []
+
+    def evaluated(step):
+        first = first_evaluation_s is not None and not any(isinstance(t, str) for t in taken)
+        taken.append("evaluated")
+        time.sleep(first_evaluation_s if first else evaluation_s)
+        event = object.__new__(Evaluation)
+        object.__setattr__(event, "step", step)
+        return event
 
     def fake_train(cfg, stop=None):
         for step in range(1, cfg.steps + 1):
@@ -284,8 +293,9 @@ def slow_engine(monkeypatch, *, penalised_s: float, plain_s: float, evaluation_s
             taken.append((cfg.penalty > 0, step))
             if stop is not None and stop():
                 return
-        time.sleep(evaluation_s)
-        yield object.__new__(Evaluation)
+            if step % cfg.eval_every == 0 and step != cfg.steps:
+                yield evaluated(step)
+        yield evaluated(cfg.steps)
         if cfg.robustness:
             time.sleep(attacks_s)
             yield object.__new__(pace.Robustness)
@@ -298,7 +308,7 @@ def test_a_probe_starts_no_step_that_would_end_past_its_cap(monkeypatch):
     taken = slow_engine(monkeypatch, penalised_s=0.3, plain_s=0.001, evaluation_s=0.01, attacks_s=0.01)
     pace.measure(RunConfig(robustness=True), cap_s=0.5)
     # After the first step (0.3 s) a second would end at 0.6 s, past the cap: one penalised step.
-    assert [step for penalised, step in taken if penalised] == [1]
+    assert [t[1] for t in taken if t != "evaluated" and t[0]] == [1]
 
 
 def test_a_probe_cut_by_its_cap_times_the_evaluation_and_attacks_on_a_plain_step(monkeypatch):
@@ -315,6 +325,17 @@ def test_a_probe_cut_by_its_cap_times_the_evaluation_and_attacks_on_a_plain_step
     fits = duration.fitting_steps(cfg, measured)
     assert fits > 1 and not duration._beyond(cfg.replace(steps=fits), measured, 0)
     assert "measured on one step" in duration.describe(cfg, measured)
+
+
+def test_an_evaluation_between_the_probes_steps_is_not_a_step(monkeypatch):
+    """The probe evaluates twice (the first use of the evaluation's Jacobian pays a one-time cost);
+    the step that follows an evaluation must not count its time as the step's."""
+    slow_engine(monkeypatch, penalised_s=0.01, plain_s=0.001, evaluation_s=0.3, attacks_s=0.0,
+                first_evaluation_s=1.0)
+    measured = pace.measure(RunConfig(robustness=False))
+    assert measured.timed_steps == pace.PROBE_STEPS - 1  # one interval held the evaluation
+    assert measured.step_high_s < 0.15  # not an evaluation's 0.3 s or more
+    assert 0.3 <= measured.evaluation_s < 1.0  # the second, warm evaluation
 
 
 def finished_record(cfg: RunConfig, step_s: float, run_seconds: float) -> dict:
