@@ -93,6 +93,9 @@ SCRIPT = f"""() => {{
       const i = centres.findIndex((c) => Math.abs(c - a.x) < 0.05);
       return i < 0 ? a : {{...a, x: 0.5, y: 1 - i / n - gap / 4, yanchor: "bottom"}};
     }});
+    // Plotly keeps the angle it chose side by side (90 degrees) through the redraws that its
+    // automatic margins make after a relayout, whatever tickangle says: forget it first.
+    order.forEach(([x]) => {{ delete full[x]._tickAngles; delete full[x]._prevTickAngles; }});
     window.Plotly.relayout(gd, update);
     gd.data.forEach((t, j) => {{  // colour bars follow their panel
       if (!t.colorbar && !(t.marker && t.marker.colorbar)) return;

@@ -248,6 +248,16 @@ def assert_readable(chart) -> None:
     assert clashes == []
 
 
+def assert_level(chart) -> None:
+    """Every x tick label of a figure stands level: none turned by plotly's automatic angle (on a
+    phone, 90° labels read sideways down a stacked panel)."""
+    expect(chart.locator(".xtick text").first).to_be_attached(timeout=VIEW_MS)
+    transforms = chart.evaluate("gd => [...gd.querySelectorAll('.xtick text')]"
+                                ".map(t => (t.getAttribute('transform') || '') + ' ' + t.textContent)")
+    tilted = [t for t in transforms if re.search(r"rotate\((?!0[ ,)])", t)]
+    assert tilted == [], tilted
+
+
 def last_test_accuracy(chart) -> float:
     """The last point of the run's "test" curve, as the browser drew it (the run is drawn first; a
     λ = 0 reference beside it has its own, prefixed curves)."""
@@ -545,6 +555,10 @@ def test_the_jacobian_tab_survives_a_change_of_dataset_and_the_page_keeps_traini
     next_run = len(run_table(page)) + 1
     train(page, run=next_run, dataset="digits", steps=STEPS, robustness=False)
     expect(status(page)).to_contain_text(f"Run #{next_run}")
+    # A penalised run's curves show the session's λ = 0 run of the same model beside it (the
+    # newest such run: #1, or a sweep's baseline when the sweep ran first).
+    names = plot(open_tab(page, "Training"), "Training curves").evaluate("gd => gd.data.map(t => t.name)")
+    assert any(re.match(r"λ = 0 \(run #\d+\)", name) for name in names), names
     # Every panel follows the runs: files prepared for an earlier run are gone from Runs, and the
     # perturbed inputs are the new newest run's.
     panel = open_tab(page, "Runs")
@@ -608,13 +622,18 @@ def test_on_a_phone_train_stays_in_reach_and_panels_stack(browser, server, probl
         bands = sorted(d for k, d in domains if k.startswith("y"))
         assert all(low[1] <= high[0] for low, high in zip(bands, bands[1:], strict=False))
         assert_readable(curves)
+        assert_level(curves)
         page.evaluate("window.scrollTo(0, 0)")
         screenshot(page, page, "phone", shots)
         panel = open_tab(page, "Robustness")
         for label in ("Accuracy against perturbation strength", "Perturbed test inputs and the run's predictions"):
             expect_drawn(plot(panel, label))
             assert_readable(plot(panel, label))
-        measure_cost(page, ("100", "1000"))  # the Cost tab's ms and × agree on a phone too
+        # Side by side, plotly turned these labels 90°, and kept that angle once stacked.
+        page.wait_for_timeout(1000)  # the stacked figure's own redraws (its margins) are done
+        assert_level(plot(panel, "Accuracy against perturbation strength"))
+        panel = measure_cost(page, ("100", "1000"))  # the Cost tab's ms and × agree on a phone too
+        assert_level(plot(panel, "Cost of a training step against C"))
     finally:
         context.close()
 
