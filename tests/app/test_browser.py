@@ -802,5 +802,17 @@ def test_numbers_that_cannot_mislead(browser, server, problems, viewport):
         expect(panel.locator(".jp-sweep-status")).to_contain_text("The sweep is complete", timeout=2 * RUN_MS)
         rows = panel.get_by_role("grid", name="The sweep's runs").get_by_role("row")
         expect(rows).to_have_count(1 + 3, timeout=VIEW_MS)
+
+        # Stop during a sweep: a true status, no progress bar, and the stopped run in the table.
+        panel.get_by_label("weight_decay", exact=True).uncheck()
+        control(page, "Steps").fill(str(LONG_STEPS))
+        panel.get_by_role("button", name="Run sweep", exact=True).click()
+        sweep_status = panel.locator(".jp-sweep-status")
+        expect(sweep_status).to_contain_text(re.compile(r"Run 1 of 2 .*step [1-9]"), timeout=RUN_MS)
+        panel.get_by_role("button", name="Stop", exact=True).click()
+        expect(sweep_status).to_contain_text(re.compile(r"Stopped during run 1 of 2 .*partial one are kept"),
+                                             timeout=VIEW_MS)
+        expect(sweep_status.locator("progress")).to_have_count(0)
+        expect(rows).to_have_count(1 + 1, timeout=VIEW_MS)  # the stopped run, in this sweep's table
     finally:
         context.close()
