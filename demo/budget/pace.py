@@ -63,9 +63,11 @@ class Pace:
     complete: bool = True  # False: the cap came first and the evaluation or the attacks are extrapolated
     timed_steps: int = PROBE_STEPS  # how many steps step_s comes from (fewer when the cap came first)
     measured_at: float = 0.0  # time.monotonic() of the measurement
-    # From the last run of this kind that finished in the app (Paces.observe), None/0 before one:
+    # From the last run of this kind that finished in the app (Paces.observe), None before one:
     observed_step_s: float | None = None  # its step time, as the run itself measured it
-    extra_s: float = 0.0  # the seconds it took beyond its steps, evaluations and attacks
+    # The seconds a run takes beyond its steps, evaluations and attacks: the probe's own start, until
+    # a run of the kind finished in the app says what it took.
+    extra_s: float = 0.0
 
     def seconds(self, steps: int, evaluations: int) -> float:
         step = self.observed_step_s if self.observed_step_s is not None else self.step_s
@@ -121,6 +123,9 @@ def measure(cfg: RunConfig, cap_s: float = PROBE_CAP_S) -> Pace:
     # a probe cut before the timed steps keeps what it has, the latest steps first.
     step_times = clock.steps[WARMUP_STEPS:] or clock.steps[1:] or clock.steps
     step_s = statistics.median(step_times)
+    # What a run pays before its steps find their pace (building the model, loading the data, the
+    # independence check, the first step's allocations): the first interval beyond a step's time.
+    start_s = max(clock.steps[0] - step_s, 0.0) if len(clock.steps) > 1 else 0.0
     if evaluation_s is None or (cfg.robustness and robustness_s is None):
         evaluation_s, robustness_s = _after_training_apart(cfg, cap_s, evaluation_s, robustness_s)
     complete = evaluation_s is not None and (robustness_s is not None or not cfg.robustness)
@@ -134,6 +139,7 @@ def measure(cfg: RunConfig, cap_s: float = PROBE_CAP_S) -> Pace:
         complete=complete,
         timed_steps=len(step_times),
         measured_at=time.monotonic(),
+        extra_s=start_s,
     )
 
 
@@ -205,10 +211,18 @@ def _spread(times: list[float]) -> tuple[float, float]:
 @dataclass
 class Paces:
     """The measured Pace of each kind of run this app was asked about, the latest CACHE kinds, each
-    for STALE_S seconds. `cached(cfg)` is the measurement if there is a fresh one, else None."""
+    for STALE_S seconds. `cached(cfg)` is the measurement if there is a fresh one, else None.
+
+    Two things no single probe sees. The first probe of a process pays one-time costs (imports,
+    the allocator's growth: 0.8 s on a run of 1.3 s here) that no later run pays: it is taken twice,
+    the first thrown away. And a run in the app pays what its probe does not (the page's updates
+    while it trains): a new kind's estimate counts at least what the last finished run of any
+    kind took beyond its parts (`_extra`, (seconds, when)), while it is fresh."""
 
     _known: OrderedDict = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _warm: bool = False
+    _extra: tuple[float, float] | None = None
 
     def get(self, cfg: RunConfig) -> Pace:
         k = key(cfg)
@@ -217,8 +231,13 @@ class Paces:
             if known is not None and time.monotonic() - known.measured_at < STALE_S:
                 self._known.move_to_end(k)
                 return known
+            first, self._warm = not self._warm, True
+        if first:
+            measure(cfg)
         pace = measure(cfg)
         with self._lock:
+            if self._extra is not None and time.monotonic() - self._extra[1] < STALE_S:
+                pace = dataclasses.replace(pace, extra_s=max(pace.extra_s, self._extra[0]))
             self._known[k] = pace
             while len(self._known) > CACHE:
                 self._known.popitem(last=False)
@@ -240,7 +259,9 @@ class Paces:
             if known is None or time.monotonic() - known.measured_at >= STALE_S:
                 return
             parts = cfg.steps * step_s + cfg.evaluations() * known.evaluation_s + known.robustness_s
-            self._known[k] = dataclasses.replace(known, observed_step_s=step_s, extra_s=max(seconds - parts, 0.0))
+            extra = max(seconds - parts, 0.0)
+            self._known[k] = dataclasses.replace(known, observed_step_s=step_s, extra_s=extra)
+            self._extra = (extra, time.monotonic())
 
     def cached(self, cfg: RunConfig) -> Pace | None:
         with self._lock:

@@ -376,6 +376,27 @@ def test_an_estimate_learns_from_the_last_run_of_its_kind():
     assert paces.cached(cfg) == learned
 
 
+def test_the_first_probe_is_taken_twice_and_a_new_kind_counts_what_runs_pay_beyond_their_parts(monkeypatch):
+    """The first probe of a process pays one-time costs no run pays (it ran 0.8 s over a 1.3 s run
+    here): thrown away. A run in the app pays what probes do not (the page's updates): a kind probed
+    after a run counts at least what that run took beyond its parts."""
+    probed = []
+
+    def fake_measure(cfg):
+        probed.append(cfg.arch)
+        return pace.Pace(step_s=0.002, evaluation_s=0.05, robustness_s=0.0, measured_at=time.monotonic(),
+                         extra_s=0.1)
+
+    monkeypatch.setattr(pace, "measure", fake_measure)
+    paces = pace.Paces()
+    cfg = RunConfig(steps=300, robustness=False)
+    assert paces.get(cfg).extra_s == 0.1 and probed == ["mlp", "mlp"]  # the first, twice
+    parts = cfg.steps * 0.002 + cfg.evaluations() * 0.05
+    paces.observe(cfg, finished_record(cfg, step_s=0.002, run_seconds=parts + 0.7))
+    lenet = cfg.replace(arch="lenet")
+    assert paces.get(lenet).extra_s == pytest.approx(0.7) and probed == ["mlp", "mlp", "lenet"]
+
+
 def test_train_times_the_whole_run_and_the_next_estimate_includes_it():
     handlers = handler()
     values = train_values(steps=30)
