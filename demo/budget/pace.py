@@ -9,7 +9,7 @@ takes about as long on the 2-core CPU with a ViT as with an MLP, and trains long
 
 The probe is bounded: it starts no step that would end past PROBE_CAP_S whatever the settings
 (exact at 1000 classes takes seconds a step here). When the cap comes before the evaluation and
-the attacks, those are timed apart on a run of one plain step (they cost the same whatever the
+the attacks, those are timed apart on a run of two plain steps (they cost the same whatever the
 training method), within the cap again; only what that did not reach either is extrapolated (an
 evaluation as EVALUATION_STEPS steps, the attacks as ROBUSTNESS_STEPS), and the Pace says so
 (`complete` False). Each step is timed on its own, so a Pace carries the spread of its steps
@@ -121,7 +121,7 @@ def measure(cfg: RunConfig, cap_s: float = PROBE_CAP_S) -> Pace:
     evaluation_s, robustness_s = _after_training(train(probe, stop=clock), steps, clock)
     # The first steps pay for allocation and kernel choice (the first, also for building the run);
     # a probe cut before the timed steps keeps what it has, the latest steps first.
-    step_times = clock.steps[WARMUP_STEPS:] or clock.steps[1:] or clock.steps
+    step_times = clock.steps[WARMUP_STEPS:] or clock.steps[1:] or clock.steps or [clock.last - clock.start]
     step_s = statistics.median(step_times)
     # What a run pays before its steps find their pace (building the model, loading the data, the
     # independence check, the first step's allocations): the first interval beyond a step's time.
