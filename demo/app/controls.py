@@ -76,15 +76,21 @@ def config_from(values: Mapping[str, Any], space: limits.Limits) -> RunConfig:
     steps, dataset = chosen.get("steps", RunConfig.steps), chosen.get("dataset", RunConfig.dataset)
     whole = _whole(steps)
     if whole is not None and whole >= 1:  # else RunConfig says what is wrong with the steps
-        report_every = min(MAX_REPORT_EVERY, max(1, whole // REPORTS_PER_RUN))
-        evaluations = EVALUATIONS_POINTS if dataset in POINT_SETS else EVALUATIONS_IMAGES
-        # A multiple of report_every: an evaluation then never runs ahead of the step the status shows.
-        eval_every = report_every * max(1, min(MAX_EVAL_EVERY, max(report_every, whole // evaluations)) // report_every)
-        chosen.update(report_every=report_every, eval_every=eval_every)
+        chosen.update(schedule(whole, dataset))
     chosen["time_budget"] = limits.time_budget(chosen.get("time_budget", 0.0), space)
     cfg = RunConfig.from_mapping(chosen)
     limits.check(cfg, space)
     return cfg
+
+
+def schedule(steps: int, dataset: str) -> dict[str, int]:
+    """How often a run of `steps` steps reports and evaluates in the app: {report_every, eval_every}.
+    The duration estimate asks it too, for the step count it offers (fewer steps, other evaluations)."""
+    report_every = min(MAX_REPORT_EVERY, max(1, steps // REPORTS_PER_RUN))
+    evaluations = EVALUATIONS_POINTS if dataset in POINT_SETS else EVALUATIONS_IMAGES
+    # A multiple of report_every: an evaluation then never runs ahead of the step the status shows.
+    eval_every = report_every * max(1, min(MAX_EVAL_EVERY, max(report_every, steps // evaluations)) // report_every)
+    return {"report_every": report_every, "eval_every": eval_every}
 
 
 def _whole(value: Any) -> int | None:

@@ -51,7 +51,10 @@ def describe(cfg: RunConfig, pace: Pace) -> str:
     device = "GPU" if resolve_device(cfg.device).type == "cuda" else "CPU"
     span = _duration(low) if _duration(low) == _duration(high) else f"{_duration(low)} to {_duration(high)}"
     text = f"{cfg.dataset} · {cfg.arch} · {cfg.steps} steps: about {span} here on the {device} "
-    text += f"({_ms(pace.step_s)} a step"
+    # Which penalty: two lines for "digits · mlp · 300 steps" read as two numbers that disagree.
+    penalty = f"{cfg.method} on the {cfg.target}" if cfg.penalty > 0 and cfg.regularizer == "jacobian" else \
+        ("no penalty" if cfg.penalty == 0 else cfg.regularizer.replace("_", " "))
+    text += f"({penalty}: {_ms(pace.step_s)} a step"
     if cfg.robustness:
         text += f", {_duration(pace.robustness_s)} for the robustness checks"
     steps = "one step" if pace.timed_steps == 1 else "a few steps"
@@ -61,12 +64,14 @@ def describe(cfg: RunConfig, pace: Pace) -> str:
     if pace.observed_step_s is not None:
         text += (f"; the last run like it here: {_ms(pace.observed_step_s)} a step, and {_duration(pace.extra_s)} "
                  "to start and finish")
+    elif pace.slowdown != 1.0:
+        text += (f"; the last run here took {pace.slowdown:.2g}× its probe's step time, and "
+                 f"{_duration(pace.extra_s)} to start and finish")
     text += ")"
     if _beyond(cfg, pace, 0):
-        text += (f". This app stops a run after {_duration(cfg.time_budget)}, so Train will refuse it: "
-                 f"{_fit(fitting_steps(cfg, pace))}")
+        text += f". {_past(cfg, pace, 0).capitalize()}, so Train will refuse it: {_fit(fitting_steps(cfg, pace))}"
     elif _beyond(cfg, pace, 1):
-        text += f". This app stops a run after {_duration(cfg.time_budget)}: it may be cut short"
+        text += f". {_past(cfg, pace, 1).capitalize()}: it may be cut short"
     return text + "."
 
 
@@ -83,19 +88,39 @@ def _ago(measured_at: float) -> str:
 
 def fitting_steps(cfg: RunConfig, pace: Pace) -> int:
     """The most steps whose run fits cfg's time budget at the fast end of its range (at least 1):
-    the whole run within the budget, its training within the training share."""
+    the whole run within the budget, its training within the training share. Counted for the run
+    that Steps set to that count would make, with its own evaluations (a run of 30 steps evaluates
+    more often than one of 2000: offered for the evaluations of the longer run, "32 steps fit" was
+    itself refused)."""
+    def run_of(steps: int) -> RunConfig:
+        return cfg.replace(steps=steps, **controls_view.schedule(steps, cfg.dataset))
+
     step = pace.step_range()[0]
-    evaluations = cfg.evaluations() * pace.evaluation_s
-    spare = min(cfg.time_budget - pace.robustness_s, limits.training_seconds(cfg)) - evaluations - pace.extra_s
-    return max(1, int(spare / max(step, 1e-9)))
+    spare = min(cfg.time_budget - pace.robustness_s, limits.training_seconds(cfg)) - pace.extra_s
+    # No evaluation at all: more never fits; nor more than asked, which does not fit.
+    steps = max(1, min(int(spare / max(step, 1e-9)), cfg.steps))
+    while steps > 1 and _beyond(run_of(steps), pace, 0):
+        steps -= max(1, steps // 50)
+    return steps
 
 
 def _beyond(cfg: RunConfig, pace: Pace, end: int) -> bool:
     """Whether the run passes its budget at one end of its range (0: fast, 1: slow), as a whole or
     in its training (the engine stops training at limits.training_seconds)."""
+    return _past(cfg, pace, end) is not None
+
+
+def _past(cfg: RunConfig, pace: Pace, end: int) -> str | None:
+    """Which of the app's limits the run passes at one end of its range, in words, or None."""
+    if cfg.time_budget <= 0:
+        return None
     total = pace.seconds_range(cfg.steps, cfg.evaluations())[end]
-    training = total - pace.robustness_s - pace.extra_s
-    return cfg.time_budget > 0 and (total > cfg.time_budget or training > limits.training_seconds(cfg))
+    if total > cfg.time_budget:
+        return f"this app stops a run after {_duration(cfg.time_budget)}"
+    if total - pace.robustness_s - pace.extra_s > limits.training_seconds(cfg):
+        return (f"this app stops training after {_duration(limits.training_seconds(cfg))} "
+                f"(of a run's {_duration(cfg.time_budget)}, the rest kept for the final checks)")
+    return None
 
 
 def _fit(steps: int) -> str:
@@ -107,12 +132,13 @@ def refuse_if_too_long(cfg: RunConfig, pace: Pace, what: str = "This run") -> No
     end of its measured range: refused before it starts, not cut after minutes."""
     low, _ = pace.seconds_range(cfg.steps, cfg.evaluations())
     if _beyond(cfg, pace, 0):
+        cheaper = "" if cfg.method == "projection" else \
+            "choose a cheaper method (projection does not grow with the outputs), "
         raise ConfigError(
             f"{what} would take about {_duration(low)} here ({_ms(pace.step_s)} a step, measured "
-            f"{_ago(pace.measured_at)}), "
-            f"and this app stops a run after {_duration(cfg.time_budget)}. "
-            f"{_fit(fitting_steps(cfg, pace)).capitalize()}; or choose a cheaper method (projection does not grow "
-            "with the outputs), or run it on your own machine (python -m demo train).")
+            f"{_ago(pace.measured_at)}), and {_past(cfg, pace, 0)}. "
+            f"{_fit(fitting_steps(cfg, pace)).capitalize()}; or {cheaper}run it on your own machine "
+            "(python -m demo train).")
 
 
 def refuse_if_sweep_too_long(runs: int, low_s: float, limit_s: float) -> None:
@@ -144,9 +170,9 @@ def brief(cfg: RunConfig, pace: Pace) -> str:
     span = _duration(low) if _duration(low) == _duration(high) else f"{_duration(low)} to {_duration(high)}"
     text = f"Estimated: about {span} here"
     if _beyond(cfg, pace, 0):
-        text += f", past this app's limit of {_duration(cfg.time_budget)}: {_fit(fitting_steps(cfg, pace))}"
+        text += f", but {_past(cfg, pace, 0)}: {_fit(fitting_steps(cfg, pace))}"
     elif _beyond(cfg, pace, 1):
-        text += f"; this app may stop it at {_duration(cfg.time_budget)}"
+        text += f"; {_past(cfg, pace, 1)}, so it may be cut short"
     return text + "."
 
 

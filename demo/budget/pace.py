@@ -68,6 +68,8 @@ class Pace:
     # The seconds a run takes beyond its steps, evaluations and attacks: the probe's own start, until
     # a run of the kind finished in the app says what it took.
     extra_s: float = 0.0
+    # The last run in the app of any kind took this multiple of its probe's step time (1: none yet).
+    slowdown: float = 1.0
 
     def seconds(self, steps: int, evaluations: int) -> float:
         step = self.observed_step_s if self.observed_step_s is not None else self.step_s
@@ -77,7 +79,7 @@ class Pace:
         """(fastest, slowest) step time: the spread of the timed steps (step_s when unknown), widened
         to the step time of the last run of the kind when one finished here."""
         seen = [self.step_low_s if self.step_low_s is not None else self.step_s,
-                self.step_high_s if self.step_high_s is not None else self.step_s]
+                self.step_high_s if self.step_high_s is not None else self.step_s, self.step_s * self.slowdown]
         if self.observed_step_s is not None:
             seen.append(self.observed_step_s)
         return min(seen), max(seen)
@@ -216,13 +218,14 @@ class Paces:
     Two things no single probe sees. The first probe of a process pays one-time costs (imports,
     the allocator's growth: 0.8 s on a run of 1.3 s here) that no later run pays: it is taken twice,
     the first thrown away. And a run in the app pays what its probe does not (the page's updates
-    while it trains): a new kind's estimate counts at least what the last finished run of any
-    kind took beyond its parts (`_extra`, (seconds, when)), while it is fresh."""
+    while it trains, its figures sent to the browser): every new measurement, of a new kind or of
+    one measured again, counts what the last finished run of any kind showed (`_learned`: the
+    seconds it took beyond its parts, and its step time over its probe's)."""
 
     _known: OrderedDict = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _warm: bool = False
-    _extra: tuple[float, float] | None = None
+    _learned: tuple[float, float] | None = None  # (extra seconds, slowdown) of the last finished run
 
     def get(self, cfg: RunConfig) -> Pace:
         k = key(cfg)
@@ -236,8 +239,9 @@ class Paces:
             measure(cfg)
         pace = measure(cfg)
         with self._lock:
-            if self._extra is not None and time.monotonic() - self._extra[1] < STALE_S:
-                pace = dataclasses.replace(pace, extra_s=max(pace.extra_s, self._extra[0]))
+            if self._learned is not None:
+                extra, slowdown = self._learned
+                pace = dataclasses.replace(pace, extra_s=max(pace.extra_s, extra), slowdown=slowdown)
             self._known[k] = pace
             while len(self._known) > CACHE:
                 self._known.popitem(last=False)
@@ -261,7 +265,7 @@ class Paces:
             parts = cfg.steps * step_s + cfg.evaluations() * known.evaluation_s + known.robustness_s
             extra = max(seconds - parts, 0.0)
             self._known[k] = dataclasses.replace(known, observed_step_s=step_s, extra_s=extra)
-            self._extra = (extra, time.monotonic())
+            self._learned = (extra, step_s / max(known.step_s, 1e-9))
 
     def cached(self, cfg: RunConfig) -> Pace | None:
         with self._lock:

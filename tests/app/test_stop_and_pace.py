@@ -7,6 +7,8 @@ the engine's own step count and evaluation schedule.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 import re
 import threading
@@ -17,13 +19,14 @@ import pytest
 
 from demo.app import controls as controls_view
 from demo.app import duration
+from demo.app import limits as limits_module
 from demo.app.limits import Limits
 from demo.app.session import LiveSessions
 from demo.app.streaming import StopRequests, in_background
 from demo.app.views.training import Handlers
 from demo.budget import pace
 from demo.budget.memory import Estimator
-from demo.engine.config import RunConfig
+from demo.engine.config import ConfigError, RunConfig
 from demo.engine.record import RUNNING, STOPPED, Recorder, kept
 from demo.engine.train import Evaluation, train
 
@@ -247,7 +250,20 @@ def test_the_estimate_warns_when_the_app_would_stop_the_run_first():
     # The brief line beside Train says the same, with what fits.
     short = duration.brief(cfg, measured)
     fits = duration.fitting_steps(cfg, measured)
-    assert short == f"Estimated: about 10 s here, past this app's limit of 1.0 s: about {fits} steps fit."
+    assert short == f"Estimated: about 10 s here, but this app stops a run after 1.0 s: about {fits} steps fit."
+
+
+def test_a_run_within_the_limit_whose_training_is_not_says_which_limit_it_passes():
+    """4 min of a 5 min limit is refused when training alone passes its share: the line says so,
+    rather than "about 4 min, past this app's limit of 5 min"."""
+    cfg = controls_view.config_from({"steps": 1000, "robustness": True}, Limits(max_seconds=300.0))
+    measured = pace.Pace(step_s=0.24, evaluation_s=0.0, robustness_s=1.0)  # 240 s of training, 241 s in all
+    training = limits_module.training_seconds(cfg)
+    assert training < 240 and cfg.time_budget > 241  # the case: the whole fits, its training does not
+    words = f"stops training after {duration.seconds_text(training)} (of a run's 5 min"
+    assert words in duration.describe(cfg, measured) and words in duration.brief(cfg, measured)
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        duration.refuse_if_too_long(cfg, measured)
 
 
 def test_the_estimate_says_measuring_first_and_then_uses_the_fresh_measurement():
@@ -391,10 +407,18 @@ def test_the_first_probe_is_taken_twice_and_a_new_kind_counts_what_runs_pay_beyo
     paces = pace.Paces()
     cfg = RunConfig(steps=300, robustness=False)
     assert paces.get(cfg).extra_s == 0.1 and probed == ["mlp", "mlp"]  # the first, twice
-    parts = cfg.steps * 0.002 + cfg.evaluations() * 0.05
-    paces.observe(cfg, finished_record(cfg, step_s=0.002, run_seconds=parts + 0.7))
+    # The run took twice its probe's step time, and 0.7 s beyond its parts.
+    parts = cfg.steps * 0.004 + cfg.evaluations() * 0.05
+    paces.observe(cfg, finished_record(cfg, step_s=0.004, run_seconds=parts + 0.7))
     lenet = cfg.replace(arch="lenet")
-    assert paces.get(lenet).extra_s == pytest.approx(0.7) and probed == ["mlp", "mlp", "lenet"]
+    learned = paces.get(lenet)
+    assert probed == ["mlp", "mlp", "lenet"]
+    assert learned.extra_s == pytest.approx(0.7) and learned.slowdown == pytest.approx(2.0)
+    assert learned.seconds_range(300, cfg.evaluations())[1] == pytest.approx(parts + 0.7)
+    # Measured again when stale, a kind keeps what the runs taught (before, it was forgotten).
+    paces._known[pace.key(cfg)] = dataclasses.replace(paces._known[pace.key(cfg)], measured_at=-1e9)
+    again = paces.get(cfg)
+    assert probed[-1] == "mlp" and again.extra_s == pytest.approx(0.7) and again.slowdown == pytest.approx(2.0)
 
 
 def test_train_times_the_whole_run_and_the_next_estimate_includes_it():
@@ -418,6 +442,27 @@ def test_the_estimate_is_a_range_from_the_spread_of_the_timed_steps():
     low, high = measured.seconds_range(1000, cfg.evaluations())
     assert (low, high) == pytest.approx((8.0, 20.0))
     assert "about 8.0 s to 20 s" in duration.describe(cfg, measured)
+
+
+@pytest.mark.parametrize("dataset", ["digits", "moons"])
+@pytest.mark.parametrize("robustness", [True, False])
+def test_the_steps_a_refusal_offers_fit_as_the_page_would_run_them(dataset, robustness):
+    """The offered count, typed into Steps, makes a run with its own evaluations (30 steps evaluate
+    more often than 2000): it must fit, and not by far less than the most that do. Before, 48 of
+    300 such offers were themselves refused ("32 steps fit", then "29", then "28")."""
+    space = Limits()
+    for step_s, evaluation_s, attacks_s in itertools.product([0.001, 0.1, 6.6], [0.01, 3.0, 10.0], [0.0, 30.0]):
+        asked = controls_view.config_from({"steps": 20_000, "dataset": dataset, "robustness": robustness}, space)
+        measured = pace.Pace(step_s=step_s, evaluation_s=evaluation_s, robustness_s=attacks_s if robustness else 0)
+        if not duration._beyond(asked, measured, 0):
+            continue
+        fits = duration.fitting_steps(asked, measured)
+
+        def typed(steps):
+            return controls_view.config_from({"steps": steps, "dataset": dataset, "robustness": robustness}, space)
+
+        assert fits == 1 or not duration._beyond(typed(fits), measured, 0), (step_s, evaluation_s, fits)
+        assert duration._beyond(typed(int(fits * 1.1) + 1), measured, 0), (step_s, evaluation_s, fits)
 
 
 def test_a_run_that_cannot_finish_within_the_limit_is_refused_before_it_starts():
