@@ -411,7 +411,7 @@ def test_train_pressed_while_the_page_still_measures_is_queued_not_refused(tmp_p
     try:
         config = httpx.get(url + "config", timeout=30).json()
         hint = next(c["id"] for c in config["components"] if "jp-estimate" in str(c.get("props", {}).get("value")))
-        estimate = next(d for d in config["dependencies"] if d["outputs"][0] == hint)  # (line, brief)
+        estimate = next(d for d in config["dependencies"] if d["outputs"][:1] == [hint])  # (line, brief)
         train = next(d for d in config["dependencies"] if d.get("api_name") == "train")
         slow = {"dataset": "digits", "arch": "vit", "penalty": 0.01, "method": "exact", "num_projections": 1,
                 "target": "logits", "steps": 300, "batch_size": 32, "device": "cpu", "robustness": True,
