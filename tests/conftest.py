@@ -16,26 +16,21 @@ torch.set_num_threads(1)
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """Under pytest-xdist (`make test` runs two workers, one per core) the tests of tests/app run
+    """Under pytest-xdist (`make test` runs two workers, one per core) every test of tests/app runs
     in one worker, in file order: they start servers, share module-scoped servers and a browser,
-    and some measure the server's own memory or a visitor's timings. That worker's chain is the
-    suite's wall time, so the app's pure tests (APP_UNITS: figures, records, settings; no server,
-    browser or timing) and each test of the layers below are units of their own, run beside it on
-    the other worker. (xdist's own "loadgroup" marks did not group anything with this pytest: the
-    ids it suffixes are not the ones it schedules.)"""
+    and some measure the server's own memory or a visitor's timings; each test of the layers below
+    is a unit of its own, run beside them on the other worker. (xdist's own "loadgroup" marks did
+    not group anything with this pytest: the ids it suffixes are not the ones it schedules.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     class AppTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            together = nodeid.startswith(APP_TESTS) and not nodeid.startswith(APP_UNITS)
-            return APP_TESTS if together else nodeid
+            return APP_TESTS if nodeid.startswith(APP_TESTS) else nodeid
 
     return AppTogether(config, log)
 
 
 APP_TESTS = "tests/app/"
-APP_UNITS = tuple(f"{APP_TESTS}test_{name}.py" for name in ("plots", "inspection", "estimators", "visitors",
-                                                            "zerogpu", "space"))
 LOW_PRIORITY = 10  # niceness of a worker while it runs tests outside tests/app
 
 
