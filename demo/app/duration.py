@@ -31,6 +31,8 @@ from demo.engine.train import resolve_device
 
 __all__ = ["adopt", "describe", "estimate", "fit", "fitting_steps", "refuse_if_too_long", "seconds_text", "wire"]
 
+NO_ESTIMATE = "No estimate: see the line under Steps in Settings."  # beside Train, when the line says why
+
 # The settings that change how long a run takes (λ only by being 0 or not).
 TIMED_FIELDS = ("dataset", "arch", "penalty", "method", "num_projections", "target", "steps", "batch_size",
                 "device", "robustness", "num_classes")
@@ -47,9 +49,8 @@ def _pace(cfg: RunConfig, paces: Paces, memory: Estimator) -> Pace:
 
 
 def describe(cfg: RunConfig, pace: Pace) -> str:
-    low, high = pace.seconds_range(cfg.steps, cfg.evaluations())
     device = "GPU" if resolve_device(cfg.device).type == "cuda" else "CPU"
-    span = _duration(low) if _duration(low) == _duration(high) else f"{_duration(low)} to {_duration(high)}"
+    span = _span(cfg, pace)
     text = f"{cfg.dataset} · {cfg.arch} · {cfg.steps} steps: about {span} here on the {device} "
     # Which penalty: two lines for "digits · mlp · 300 steps" read as two numbers that disagree.
     penalty = f"{cfg.method} on the {cfg.target}" if cfg.penalty > 0 and cfg.regularizer == "jacobian" else \
@@ -73,6 +74,12 @@ def describe(cfg: RunConfig, pace: Pace) -> str:
     elif _beyond(cfg, pace, 1):
         text += f". {_past(cfg, pace, 1).capitalize()}: it may be cut short"
     return text + "."
+
+
+def _span(cfg: RunConfig, pace: Pace) -> str:
+    """The run's range as the page writes it: "4.6 s to 5.1 s", or one figure when both ends read alike."""
+    low, high = (_duration(end) for end in pace.seconds_range(cfg.steps, cfg.evaluations()))
+    return low if low == high else f"{low} to {high}"
 
 
 def _ms(seconds: float) -> str:
@@ -166,8 +173,7 @@ def _duration(seconds: float) -> str:
 
 def brief(cfg: RunConfig, pace: Pace) -> str:
     """The estimate in one short sentence, beside Train on a phone (the whole line is in Settings)."""
-    low, high = pace.seconds_range(cfg.steps, cfg.evaluations())
-    span = _duration(low) if _duration(low) == _duration(high) else f"{_duration(low)} to {_duration(high)}"
+    span = _span(cfg, pace)
     text = f"Estimated: about {span} here"
     if _beyond(cfg, pace, 0):
         text += f", but {_past(cfg, pace, 0)}: {_fit(fitting_steps(cfg, pace))}"
@@ -187,7 +193,7 @@ def estimate(*values: Any, space: limits.Limits, paces: Paces, memory: Estimator
         pace = _pace(cfg, paces, memory)
         yield _lines(describe(cfg, pace), brief(cfg, pace))
     except (ConfigError, data.DatasetUnavailable) as exc:
-        yield _lines(f"No estimate: {exc}", "No estimate: see the line under Steps in Settings.")
+        yield _lines(f"No estimate: {exc}", NO_ESTIMATE)
 
 
 def fit(*values: Any, space: limits.Limits, paces: Paces, memory: Estimator):
@@ -206,7 +212,7 @@ def fit(*values: Any, space: limits.Limits, paces: Paces, memory: Estimator):
         fitted = _config({**chosen, "steps": steps}, space)
         return steps, *_lines(describe(fitted, pace), brief(fitted, pace))
     except (ConfigError, data.DatasetUnavailable) as exc:
-        return None, *_lines(f"No estimate: {exc}", "No estimate: see the line under Steps in Settings.")
+        return None, *_lines(f"No estimate: {exc}", NO_ESTIMATE)
 
 
 def adopt(steps: Any, suggested: Any, proposal: int | None):
