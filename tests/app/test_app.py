@@ -449,3 +449,19 @@ def test_the_runs_table_names_the_regulariser_and_the_robust_accuracy():
     assert (first["regulariser"], first["PGD ε"], first["PGD acc"], first["Square acc"]) == (
         "input_gradient", 0.2, 0.6, 0.7)
     assert second["regulariser"] == "jacobian" and math.isnan(second["PGD acc"])  # not measured: empty
+
+
+def test_the_runs_table_reads_as_the_status_line_of_the_same_run():
+    from demo.app.views.training import status_html
+
+    record = new_record(RunConfig(dataset="moons", robustness=False))
+    record["status"] = "completed"
+    accuracy = 0.95551  # where 3 and 4 decimals part: 0.956 against 0.9555
+    record["evaluations"] = [{"step": 40, "test_accuracy": accuracy}]
+    # The whole run in the app (attacks and start included) against the engine's training time.
+    record["final"] = {"test_accuracy": accuracy, "steps": 40, "elapsed": 9.04, "run_seconds": 12.34}
+    run = {"id": 1, "record": record, "weights": {}}
+    row = sessions.table({"runs": [run]}).to_dict("records")[0]
+    status = status_html(run)
+    # The table shows its floats as they are: the same digits as the line, not more.
+    assert f"test accuracy {row['test acc']}" in status and f"in {row['time (s)']} s" in status, (row, status)
