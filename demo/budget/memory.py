@@ -62,6 +62,11 @@ DEFAULT_FRACTION = 0.6  # of the available memory: the server, the page and othe
 # (docs/memory.md): the check multiplies the step by this so that no run it lets through is
 # larger than the model said.
 SAFETY = 1.25
+# The resident figure of one and the same small step varies by several MB between measurements
+# (an mlp step of 17 MB measured 23 MB once, beside a browser test; glibc's arenas and the page
+# cache's share come and go), which a factor on a step of a few MB does not cover: the estimate
+# adds it. Against budgets of hundreds of MB and more it changes no decision.
+RESIDENT_JITTER_MB = 8.0
 PROBE_BATCH = 64  # the batch a probe measures at when the run's is larger
 MAX_PROBED = 8  # products measured directly; more are extrapolated from the last two counts measured
 MAX_DOUBLED = 64  # products a probe doubles up to; past it a hidden slope is bounded by p(K) / K
@@ -209,7 +214,7 @@ def estimate(cfg: RunConfig, probe: Probe, num_classes: int, *, below_probe: boo
             "jvp_probes": "forward-mode probe", "differences": "finite difference", "plain": "plain"}[made.mode]
     what = (f"{made.count} {kind} graph(s) per sample in a batch of {cfg.batch_size}" if train >= attacks
             else f"the attacks on {ROBUSTNESS_SAMPLES} test points")
-    return Estimate(probe.state_mb + SAFETY * max(train, attacks), float(made.count), what)
+    return Estimate(probe.state_mb + SAFETY * max(train, attacks) + RESIDENT_JITTER_MB, float(made.count), what)
 
 
 def measure_probe(cfg: RunConfig, num_classes: int, device: torch.device) -> Probe:
