@@ -133,7 +133,8 @@ TRAINING_PANELS = (
 COMPARE_PANELS = (
     Panel("Cross-entropy (train)", "cross-entropy", (Series("history", "ce_loss", "cross-entropy"),), log_y=True),
     Panel("Test accuracy", "accuracy", (Series("evaluations", "test_accuracy", "test accuracy"),), accuracy=True),
-    Panel("Exact ‖J‖_F {of} (test subset)", "‖J‖_F {of}",
+    # "(test subset)" on the y axis: in the title it ran past the figure's edge at 1400 px.
+    Panel("Exact ‖J‖_F {of}", "‖J‖_F (test subset)",
           (Series("evaluations", "jacobian_norm", "‖J‖_F", of="logits"),), log_y=True),
 )
 

@@ -74,6 +74,10 @@ def redraws(jacobian: jacobian_view.JacobianView, robustness: robustness_view.Ro
     ]
 
 
+def _no_note() -> str:
+    return ""
+
+
 def quietly(fn, outputs: int):
     """fn for a redraw nobody asked for: what it would refuse (no run with weights yet, after a
     Stop at step 0) leaves the panel as it is, without a toast."""
@@ -137,6 +141,20 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
         known = visitors.Visitors(ttl=space.session_ttl, capacity=space.max_sessions)
         live = sessions.LiveSessions(ttl=space.session_ttl, max_runs=space.max_runs,
                                      on_update=known.save_page_session)
+        # Gradio's page runs the handlers of one trigger in the order they were attached, each after
+        # the one before has finished: the quick ones go first, or they wait for a whole run or
+        # measurement (the visitor's runs restored only after the load's estimate; the controls kept
+        # for a reload only after a change's estimate; the welcome note cleared after the run).
+        # On load: a returning visitor's runs and controls (demo.app.visitors), else the URL's settings;
+        # "Copy link" writes them; presets set controls and open a tab.
+        page_handlers = visitors.PageHandlers(known, controls_view.CONFIG_FIELDS, sharing.from_url,
+                                              sharing.settings_of)
+        loaded = demo.load(page_handlers.load, [browser, session], [browser, session, *controls.inputs(), welcome],
+                           api_visibility="private", show_progress="hidden")
+        gr.on([c.change for c in controls.inputs()], page_handlers.save_controls, [browser, *controls.inputs()],
+              None, api_visibility="private", show_progress="hidden", queue=False, trigger_mode="always_last")
+        # The welcome note goes with the next Train.
+        training.train.click(_no_note, None, welcome, api_visibility="private", queue=False, show_progress="hidden")
         train_event = training_view.wire(training, controls, session, space, estimator, stops, paces, live)
         jacobian_view.wire(jacobian, session)
         thorough_event = robustness_view.wire(robustness, session, space, live)
@@ -147,14 +165,6 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
         cost_view.wire(cost, controls, space, estimator)
         estimators_view.wire(estimators, controls, session, space)
 
-        # On load: a returning visitor's runs and controls (demo.app.visitors), else the URL's settings;
-        # "Copy link" writes them; presets set controls and open a tab.
-        page_handlers = visitors.PageHandlers(known, controls_view.CONFIG_FIELDS, sharing.from_url,
-                                              sharing.settings_of)
-        loaded = demo.load(page_handlers.load, [browser, session], [browser, session, *controls.inputs(), welcome],
-                           api_visibility="private", show_progress="hidden")
-        gr.on([c.change for c in controls.inputs()], page_handlers.save_controls, [browser, *controls.inputs()],
-              None, api_visibility="private", show_progress="hidden", queue=False, trigger_mode="always_last")
         copy.click(None, controls.inputs(), link, js=sharing.copy_link_js(), api_visibility="private") \
             .then(page_handlers.save_link, [browser, link], None, api_visibility="private", queue=False)
         targets = {**dict(zip(controls_view.CONFIG_FIELDS, controls.inputs(), strict=True)), "tab": tabs,
@@ -171,11 +181,9 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
             # Kept for the visitor's next visit (a reload, a closed tab), then the views follow.
             event.then(page_handlers.save_session, [browser, session], None, api_visibility="private",
                        show_progress="hidden", queue=False)
-        # After a reload the Training tab shows the newest run again (status line and curves), and
-        # the welcome note goes with the next Train.
+        # After a reload the Training tab shows the newest run again (status line and curves).
         loaded.then(training_view.show_newest, session, [training.status, training.curves], api_visibility="private",
                     show_progress="hidden")
-        training.train.click(None, None, welcome, js="() => ''", api_visibility="private", queue=False)
         for event in (train_event, sweep_event, loaded):
             refreshed_event = event.then(partial(refresh_views, views), session, refreshed,
                                          api_visibility="private", show_progress="hidden")

@@ -742,10 +742,17 @@ def test_a_reload_keeps_the_runs_and_the_controls_as_they_were_on_screen(browser
         show_settings(page)
         expect(control(page, "Seed")).to_have_value("42", timeout=VIEW_MS)
         expect(control(page, "Steps")).to_have_value("10")
+        # The note goes with the next Train while that run trains, not once it has ended.
+        control(page, "Steps").fill(str(LONG_STEPS))
+        train_button(page).click()
+        expect(status(page)).to_contain_text(re.compile(rf"Run #2: step [1-9]\d* of {LONG_STEPS}"), timeout=RUN_MS)
+        expect(page.get_by_text(re.compile("Welcome back"))).to_be_hidden()
+        page.get_by_role("button", name="Stop", exact=True).click(timeout=VIEW_MS)
+        expect(status(page)).to_contain_text(re.compile(r"Run #2 .*Stopped at step \d+"), timeout=VIEW_MS)
         open_tab(page, "Runs")
         page.get_by_role("button", name="Refresh", exact=True).click()
         rows = page.get_by_role("grid", name="This session's runs").get_by_role("row")
-        expect(rows).to_have_count(2, timeout=VIEW_MS)  # the header and run #1
+        expect(rows).to_have_count(3, timeout=VIEW_MS)  # the header, run #1 and the stopped run #2
         # Another browser (its own storage) sees none of them.
         other, stranger = new_page(browser, server, problems, viewport)
         try:

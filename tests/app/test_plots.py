@@ -459,7 +459,8 @@ def test_the_sweep_and_compare_name_the_jacobian_they_draw():
     assert "of the features" in plots.tradeoff_figure(sweep_rows([("jacobian", 0.01, 0.97, 0.5)]), 0.1,
                                                       jacobian="features").layout.yaxis2.title.text
     compare = plots.steps_figure([("a", record(0.0)), ("b", record(0.1))], plots.COMPARE_PANELS)
-    assert compare.layout.annotations[2].text == "Exact ‖J‖_F of the logits (test subset)"
+    assert compare.layout.annotations[2].text == "Exact ‖J‖_F of the logits"
+    assert compare.layout.yaxis3.title.text == "‖J‖_F (test subset)"
 
 
 def test_the_training_tab_draws_the_sessions_lambda_zero_run_of_the_same_model_beside_a_penalised_one():

@@ -312,6 +312,25 @@ def test_limits_from_the_environment_reach_the_app(monkeypatch):
         config_from({"steps": 301}, Limits.from_env())
 
 
+def test_on_every_trigger_the_quick_handlers_come_before_the_long_ones():
+    """The page runs the handlers of one trigger in the order they were attached, each once the one
+    before has finished (seen in Chromium: Train's press noted, and the welcome note cleared, only
+    after the run; a returning visitor's runs restored only after the load's estimate). So on every
+    trigger nothing follows a generator: a run, a sweep, an estimate that probes."""
+    config = build_demo().get_config_file()
+    on_trigger = {}
+    for dependency in config["dependencies"]:
+        for target in dependency["targets"]:
+            if target[0] is not None:  # a .then: its own chain
+                on_trigger.setdefault(tuple(target), []).append(dependency)
+    waiting = {trigger: [d["api_name"] for d in handlers[i + 1:] if not d["types"]["generator"]]
+               for trigger, handlers in on_trigger.items()
+               for i, d in enumerate(handlers) if d["types"]["generator"]}
+    assert not any(waiting.values()), waiting
+    train = next(handlers for handlers in on_trigger.values() if "train" in [d["api_name"] for d in handlers])
+    assert len(train) >= 2  # the press Stop reads, and the welcome note, are Train's too
+
+
 def test_queue_size_and_concurrency_bound_the_server(monkeypatch):
     """JP_CONCURRENCY=1, JP_QUEUE_SIZE=1: one run trains, one waits, a third is told the queue is full."""
     monkeypatch.setenv("JP_CONCURRENCY", "1")

@@ -234,6 +234,7 @@ def wire(view: SweepView, controls: controls_view.Controls, session: gr.State, s
     after = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default)
              for name, default in (("strengths", DEFAULT_STRENGTHS), ("regularizers", None),
                                    ("epsilon", DEFAULT_EPSILON))]
+    wire_stop(view.run, view.stop, stops)  # the same Stop as Train's, noted first (see training.wire)
     event = view.run.click(
         controls_view.config_handler(handlers.sweep, after=tuple(after)),
         [session, *controls.inputs(), view.strengths, view.regularizers, view.epsilon],
@@ -245,7 +246,6 @@ def wire(view: SweepView, controls: controls_view.Controls, session: gr.State, s
         concurrency_limit=space.concurrency,
         show_progress="minimal",
     )
-    wire_stop(view.run, view.stop, stops)  # the same Stop as Train's
     controls.dataset.change(_epsilon_for, controls.dataset, view.epsilon, api_visibility="private", queue=False,
                             show_progress="hidden")
     return event

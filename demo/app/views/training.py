@@ -223,6 +223,9 @@ def wire(view: TrainingView, controls: controls_view.Controls, session: gr.State
          memory: Estimator, stops: StopRequests, paces: Paces, live: sessions.LiveSessions):
     """Train (api_name "train") and Stop; returns the train event for chaining."""
     handlers = Handlers(space, memory, stops, paces, live)
+    # First: the page runs a click's handlers one after another, so Train noted after the run would
+    # come too late for a Stop pressed while the run waits its turn (demo.app.ui).
+    wire_stop(view.train, view.stop, stops)
     train_event = view.train.click(
         controls_view.config_handler(handlers.train),
         [session, *controls.inputs()],
@@ -236,7 +239,6 @@ def wire(view: TrainingView, controls: controls_view.Controls, session: gr.State
         concurrency_limit=space.concurrency,
         show_progress="minimal",
     )
-    wire_stop(view.train, view.stop, stops)
     controls.dataset.change(_field_visibility, controls.dataset, view.field, api_visibility="private", queue=False,
                             show_progress="hidden")
     return train_event
