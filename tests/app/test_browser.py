@@ -723,6 +723,27 @@ def show_settings(page) -> None:
 WIDTHS = pytest.mark.parametrize("viewport", [VIEWPORT, PHONE], ids=["1400px", "420px"])
 
 
+def test_a_stop_pressed_with_nothing_running_does_not_stop_the_next_run(browser, server, problems):
+    """Stop counts for a run still waiting its turn only if Train was pressed after the last run
+    ended. The press must be noted when Train is pressed: noted once the run had ended (where the
+    page's order of handlers had put it), it made an idle Stop stop the next run at step 0."""
+    context, page = new_page(browser, server, problems, VIEWPORT)
+    try:
+        control(page, "Steps").fill("10")
+        control(page, "Measure robustness at the end (noise, FGSM, PGD)").uncheck()
+        train_button(page).click()
+        expect(status(page)).to_contain_text(re.compile(r"Run #1 .*Finished 10 steps"), timeout=RUN_MS)
+        expect(train_button(page)).to_be_enabled(timeout=VIEW_MS)
+        page.wait_for_timeout(1000)  # whatever the page sends after the run has arrived
+        page.get_by_role("button", name="Stop", exact=True).click(timeout=VIEW_MS)  # nothing runs
+        page.wait_for_timeout(1000)
+        train_button(page).click()
+        expect(status(page)).to_contain_text(re.compile(r"Run #2 .*(Finished|Stopped)"), timeout=RUN_MS)
+        expect(status(page)).to_contain_text("Finished 10 steps")
+    finally:
+        context.close()
+
+
 @WIDTHS
 def test_a_reload_keeps_the_runs_and_the_controls_as_they_were_on_screen(browser, server, problems, viewport):
     context, page = new_page(browser, server, problems, viewport)
