@@ -40,16 +40,23 @@ APP_TESTS = "tests/app/"
 # Servers driven through their API and a browser, that time nothing of their own: the chain that
 # runs beside the rest of tests/app (the memory, Stop and time-limit checks of a real server).
 BESIDE = ("tests/app/test_app.py", "tests/app/test_browser.py")
+APP_PRIORITY = 5  # niceness of a worker while it runs the tests of tests/app outside BESIDE
 LOW_PRIORITY = 10  # niceness of a worker while it runs tests outside tests/app
 
 
 def pytest_runtest_setup(item):
     """Under pytest-xdist the app's tests (servers, a browser, timings a visitor would see) get the
-    CPU first: a worker running the other layers' tests lowers its priority, and raises it again
-    when it reaches the app's (allowed to root, as in CI; elsewhere both workers stay lowered)."""
+    CPU first, the browser's chain before the other: a worker sets its priority for the test it
+    runs, and the servers a test starts inherit it (raising it again is allowed to root, as in CI;
+    elsewhere a worker stays at its lowest). Beside a real server training resnet and vit at the
+    same priority, Chromium's page fell so far behind a run's streamed curves that a click on Stop
+    waited over 60 s."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
-    wanted = 0 if item.path.parts[-3:-1] == ("tests", "app") else LOW_PRIORITY
+    if item.nodeid.startswith(BESIDE):
+        wanted = 0
+    else:
+        wanted = APP_PRIORITY if item.path.parts[-3:-1] == ("tests", "app") else LOW_PRIORITY
     with contextlib.suppress(OSError):
         if os.getpriority(os.PRIO_PROCESS, 0) != wanted:
             os.setpriority(os.PRIO_PROCESS, 0, wanted)
