@@ -266,8 +266,10 @@ def _step_axes(fig: go.Figure, panel: Panel, col: int, planned: int, y_title: st
                            yref=f"y{'' if col == 1 else col} domain", font={"color": "#888"})
 
 
-def robustness_figure(runs: Sequence[Run], attacks: Sequence[str] = ("noise", "fgsm", "pgd", "square")) -> go.Figure:
-    """Accuracy against the attack's strength, one panel per attack, one curve per run."""
+def robustness_figure(runs: Sequence[Run], attacks: Sequence[str] = ("noise", "fgsm", "pgd", "square"), *,
+                      note: str | None = None) -> go.Figure:
+    """Accuracy against the attack's strength, one panel per attack, one curve per run; `note`
+    (what is left out) as the figure's title."""
     titles = {"noise": "Gaussian noise", "fgsm": "FGSM (L∞)", "pgd": "PGD (L∞)", "square": "Square (no gradient)",
               "apgd": "APGD (L∞)"}
     fig = make_subplots(
@@ -292,7 +294,9 @@ def robustness_figure(runs: Sequence[Run], attacks: Sequence[str] = ("noise", "f
             )
         fig.update_xaxes(title_text="σ" if strength == "sigma" else "ε", row=1, col=col)
     fig.update_yaxes(title_text="test accuracy", range=[0, 1.02], row=1, col=1)
-    fig = _layout(fig, None)
+    fig = _layout(fig, note)
+    if note:
+        fig.update_layout(title_font_size=13)
     # The signs of gradient masking the runs' records hold, under the panels, in words.
     flags = [f"⚠ {label}: {flag}" for label, record in runs for flag in record.get("robustness_checks", [])]
     if flags:

@@ -223,6 +223,8 @@ def test_the_jacobian_panel_compares_runs_of_one_dataset_only(client):
     _, field, info = client.predict(str(ids[0]), str(ids[1]), 0, api_name="/jacobian")
     # Both are 2-D with two classes, but the spirals model is not drawn over moons points.
     assert info.count("predicts") == 1 and f"#{ids[0]} " in info
+    # Why under the figure, not in a toast (this view redraws after each run, in whichever tab is open).
+    assert f"Run #{ids[1]} trained on spirals, run #{ids[0]} on moons" in info, info
     assert len([t for t in plotly(field)["data"] if t["type"] == "heatmap"]) == 1
 
 
@@ -449,6 +451,31 @@ def test_the_runs_table_names_the_regulariser_and_the_robust_accuracy():
     assert (first["regulariser"], first["PGD ε"], first["PGD acc"], first["Square acc"]) == (
         "input_gradient", 0.2, 0.6, 0.7)
     assert second["regulariser"] == "jacobian" and math.isnan(second["PGD acc"])  # not measured: empty
+
+
+def test_the_robustness_figure_says_in_itself_what_it_leaves_out(monkeypatch):
+    """It redraws after every run, in whichever tab is open: what it leaves out goes in the figure,
+    never in a toast over another tab."""
+    from demo.app.views import robustness
+
+    toasts = []
+    monkeypatch.setattr(robustness.gr, "Info", toasts.append)
+    monkeypatch.setattr(robustness.gr, "Warning", toasts.append)
+
+    def run(number: int, dataset: str, measured: bool) -> dict:
+        record = new_record(RunConfig(dataset=dataset))
+        if measured:
+            record["robustness"] = {"pgd": [{"epsilon": e, "accuracy": 1 - e} for e in (0.0, 0.1, 0.2)]}
+        return {"id": number, "record": record, "weights": {}}
+
+    mixed = {"runs": [run(1, "digits", True), run(2, "moons", True)]}
+    figure = robustness.show_robustness(mixed, [])
+    assert figure.layout.title.text == "Not drawn: #1, trained on another dataset than moons", figure.layout.title
+    names = {trace.name for trace in figure.data}
+    assert names and not any(name.startswith("#1") for name in names), names
+    unmeasured = robustness.show_robustness({"runs": [run(1, "digits", False)]}, ["1"])  # chosen, not measured
+    assert "None of these runs measured robustness" in unmeasured.layout.annotations[0].text
+    assert toasts == []
 
 
 def test_the_runs_table_reads_as_the_status_line_of_the_same_run():

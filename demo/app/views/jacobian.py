@@ -57,21 +57,24 @@ def show_jacobian(session: dict | None, run: str, compare: str, example: float):
         if compare not in (None, ""):
             runs.append(sessions.find_run(session, compare))
     dataset = inspection.load_data(runs[0]["record"])
-    models = []
+    models, problems = [], []
     for other in runs:
         problem = _unusable(other, runs[0])
         if problem:
-            gr.Warning(problem)
+            # Said under the figure, not in a toast: this redraws after every run, in whichever tab is open.
+            problems.append(problem)
             continue
         models.append((_row_label(other, runs), inspection.load_model(other["record"], other["weights"])))
     if not models:
-        return plots.jacobian_figure([]), plots.field_figure([]), "No run with weights to show yet."
+        info = " ".join(problems) or "No run with weights to show yet."
+        return plots.jacobian_figure([]), plots.field_figure([]), info
     examples = [(label, inspection.example_jacobian(model, dataset, index)) for label, model in models]
     fields, points = [], None  # the field is drawn for 2-D data; for images it says so
     if dataset.kind == "points":
         fields = [(label, inspection.norm_field(model, dataset.x_test)) for label, model in models]
         points = inspection.points_of(dataset)
-    return plots.jacobian_figure(examples), plots.field_figure(fields, points), _info(examples)
+    info = "\n\n".join([*problems, _info(examples)])
+    return plots.jacobian_figure(examples), plots.field_figure(fields, points), info
 
 
 def choices_update(view: JacobianView, session: dict | None) -> dict:

@@ -57,18 +57,19 @@ def show_robustness(session: dict | None, runs: list[str] | None):
     """/robustness: accuracy against attack strength for runs (ids; empty: the newest few)."""
     chosen = _chosen(session, runs)
     measured = [run for run in chosen if run["record"].get("robustness")]
+    # What is not drawn is said in the figure, not in a toast: this redraws after every run, in
+    # whichever tab is open (a toast about this figure popped up over the Runs tab).
     if chosen and not measured:
-        gr.Info("None of these runs measured robustness (it is measured when a run finishes).")
+        return plots.message_figure("None of these runs measured robustness: it is measured when a run finishes.")
     # Like with like: an epsilon means different things on different data (pixels in [0, 1] or
     # 2-D coordinates), so only the runs of the newest chosen run's dataset share the axes.
     dataset = measured[-1]["record"]["config"]["dataset"] if measured else None
     left_out = [run for run in measured if run["record"]["config"]["dataset"] != dataset]
-    if left_out:
-        ids = ", ".join(f"#{run['id']}" for run in left_out)
-        gr.Info(f"Runs {ids} trained on another dataset than {dataset} and are not drawn: accuracy against ε "
-                "compares like with like only on one dataset.")
+    ids = ", ".join(f"#{run['id']}" for run in left_out)
+    note = f"Not drawn: {ids}, trained on another dataset than {dataset}" if left_out else None
     drawn = [run for run in measured if run not in left_out]
-    return plots.robustness_figure(list(zip(sessions.legend_labels(drawn), (r["record"] for r in drawn), strict=True)))
+    return plots.robustness_figure(list(zip(sessions.legend_labels(drawn), (r["record"] for r in drawn), strict=True)),
+                                   note=note)
 
 
 def show_examples(session: dict | None, run: str, attack: str, strength: float):
