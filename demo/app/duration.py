@@ -65,8 +65,9 @@ def describe(cfg: RunConfig, pace: Pace) -> str:
     if pace.observed_step_s is not None:
         text += (f"; the last run like it here: {_ms(pace.observed_step_s)} a step, and {_duration(pace.extra_s)} "
                  "to start and finish")
-    elif pace.slowdown != 1.0:
-        text += (f"; the last run here took {pace.slowdown:.2g}× its probe's step time, and "
+    elif pace.slowdown != 1.0:  # in words a newcomer reads ("0.68× its probe's step time" was not)
+        pace_word = (f"{1 / pace.slowdown:.2g}× as fast" if pace.slowdown < 1 else f"{pace.slowdown:.2g}× as slow")
+        text += (f"; counted in: the last run here stepped {pace_word} as its own quick measurement, and took "
                  f"{_duration(pace.extra_s)} to start and finish")
     text += ")"
     if _beyond(cfg, pace, 0):

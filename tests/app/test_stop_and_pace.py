@@ -415,6 +415,8 @@ def test_the_first_probe_is_taken_twice_and_a_new_kind_counts_what_runs_pay_beyo
     assert probed == ["mlp", "mlp", "lenet"]
     assert learned.extra_s == pytest.approx(0.7) and learned.slowdown == pytest.approx(2.0)
     assert learned.seconds_range(300, cfg.evaluations())[1] == pytest.approx(parts + 0.7)
+    # The line says what it learned in words: twice as slow as measured, 0.7 s to start and finish.
+    assert "stepped 2× as slow as its own quick measurement, and took 0.7 s" in duration.describe(lenet, learned)
     # Measured again when stale, a kind keeps what the runs taught (before, it was forgotten).
     paces._known[pace.key(cfg)] = dataclasses.replace(paces._known[pace.key(cfg)], measured_at=-1e9)
     again = paces.get(cfg)
