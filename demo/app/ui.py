@@ -145,8 +145,8 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
         # the one before has finished: the quick ones go first, or they wait for a whole run or
         # measurement (the visitor's runs restored only after the load's estimate; the controls kept
         # for a reload only after a change's estimate; the welcome note cleared after the run).
-        # On load: a returning visitor's runs and controls (demo.app.visitors), else the URL's settings;
-        # "Copy link" writes them; presets set controls and open a tab.
+        # On load: a returning visitor's runs and controls (demo.app.visitors), else the URL's
+        # settings; every change of a control is kept for the next visit.
         page_handlers = visitors.PageHandlers(known, controls_view.CONFIG_FIELDS, sharing.from_url,
                                               sharing.settings_of)
         loaded = demo.load(page_handlers.load, [browser, session], [browser, session, *controls.inputs(), welcome],
@@ -165,6 +165,7 @@ def build_demo(space: limits_module.Limits | None = None) -> gr.Blocks:
         cost_view.wire(cost, controls, space, estimator)
         estimators_view.wire(estimators, controls, session, space)
 
+        # "Copy link" writes the settings into a link; presets set controls and open a tab.
         copy.click(None, controls.inputs(), link, js=sharing.copy_link_js(), api_visibility="private") \
             .then(page_handlers.save_link, [browser, link], None, api_visibility="private", queue=False)
         targets = {**dict(zip(controls_view.CONFIG_FIELDS, controls.inputs(), strict=True)), "tab": tabs,
